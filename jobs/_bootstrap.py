@@ -1,0 +1,8 @@
+"""Makes the repository importable when a job runs as ``python jobs/<job>.py`` from anywhere."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))

@@ -1,0 +1,1 @@
+"""Ray Data graphs built from sseg functions."""

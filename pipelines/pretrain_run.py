@@ -1,0 +1,188 @@
+"""The pretraining driver: world → pseudo-mask cache → Ray Train fit → evaluation → MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from pipelines.runtime import init_ray
+from schemas.configs import PretrainConfig, PseudoMaskJobConfig
+from sseg.config import config_hash, flatten
+from sseg.errors import SsegError
+from sseg.tracking import LINEAGE_TAG, STAGE_TAG, Tracker
+
+log = logging.getLogger(__name__)
+RUN_INFO = "sseg_run.json"
+
+
+def _run_identity(cfg: PretrainConfig, resume: str | None) -> tuple[str, dict | None]:
+    storage = Path(cfg.storage_path).resolve()
+    if resume is None:
+        return cfg.tracking.run_name or f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}", None
+    if resume == "latest":
+        infos = sorted(storage.glob(f"*/{RUN_INFO}"), key=lambda p: p.stat().st_mtime)
+        if not infos:
+            raise SsegError(f"--resume latest: no runs under {storage}")
+        info_path = infos[-1]
+    else:
+        info_path = storage / resume / RUN_INFO
+        if not info_path.is_file():
+            raise SsegError(f"--resume {resume}: no run of that name under {storage}")
+    info = json.loads(info_path.read_text())
+    if info.get("config_hash") != config_hash(cfg.model):
+        raise SsegError(f"--resume {info['run_name']}: that run used another model config; "
+                        "resume with the config it was started with")
+    return info["run_name"], info
+
+
+def _ensure_cache(cfg: PretrainConfig) -> list[str]:
+    from pipelines.build_cache import build_pseudo_mask_cache
+    from pipelines.cache import PseudoMaskCache
+
+    job = PseudoMaskJobConfig(world=None, data=cfg.data, pseudo_masks=cfg.pseudo_masks, pool=cfg.pool,
+                              cache_dir=cfg.cache_dir, labeled_split=None, ray=cfg.ray)
+    summary = build_pseudo_mask_cache(job, run_name="pretrain-cache")
+    if summary["shards_processed"]:
+        log.info("pseudo-mask cache built: %s", summary)
+    return PseudoMaskCache(cfg.cache_dir, config_hash(cfg.pseudo_masks.model_dump(mode="json"))).files()
+
+
+def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
+    if cfg.world is not None:
+        from sseg.data.world import ensure_world
+
+        ensure_world(cfg.world_dir, cfg.world)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    _check_resources(cfg)
+    run_name, info = _run_identity(cfg, resume)
+    run_dir = Path(cfg.storage_path).resolve() / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    from pipelines import train_data
+
+    if cfg.pseudo_mask_source == "cache":
+        files = _ensure_cache(cfg)
+        num_samples = train_data.count_cache_rows(files)
+        dataset = train_data.cache_dataset(files, cfg.data.image_size, cfg.data.crop_scale)
+    else:
+        from pipelines.shards import resolve_shards
+
+        shards = resolve_shards(cfg.data.shards)
+        num_samples = cfg.world.num_train if cfg.world is not None else None
+        dataset = train_data.stream_dataset(shards, cfg.data.image_size, cfg.data.crop_scale,
+                                            cfg.pseudo_masks, num_actors=cfg.pool.num_actors,
+                                            gpus_per_actor=cfg.pool.gpus_per_actor,
+                                            batch_size=cfg.pool.batch_size)
+    total_steps, warmup_steps = _schedule(cfg, num_samples)
+
+    tags = {STAGE_TAG: "pretrain", "sseg.mask_feature_source": cfg.model.mask_feature_source,
+            "sseg.pseudo_mask_generator": cfg.pseudo_masks.generator}
+    if cfg.model.mask_feature_source != "query":
+        tags["sseg.deviation"] = ("mask features pooled from a pixel-feature map under each predicted "
+                                  "mask (the paper uses the decoder query outputs)")
+    if cfg.pseudo_masks.generator == "pixel":
+        tags["sseg.note"] = "pseudo masks from the pixel K-Means baseline (no DINO checkpoint given)"
+    if cfg.tracking.parent_run_id:
+        tags[LINEAGE_TAG] = cfg.tracking.parent_run_id
+    from sseg.data.captions import caption_words_method
+
+    tags["sseg.caption_words"] = caption_words_method()
+    tracker = Tracker(cfg.tracking.experiment, run_id=info["mlflow_run_id"] if info else None,
+                      run_name=run_name, tags=tags)
+    if info is None:
+        (run_dir / RUN_INFO).write_text(json.dumps({
+            "run_name": run_name, "mlflow_run_id": tracker.run_id, "config_hash": config_hash(cfg.model),
+        }))
+        tracker.log_params(flatten(cfg))
+        tracker.log_params({"derived.total_steps": total_steps, "derived.warmup_steps": warmup_steps,
+                            "derived.num_samples": num_samples})
+        tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
+    print(f"[sseg] run {run_name}: {total_steps} steps of {cfg.train.global_batch_size} images "
+          f"on {cfg.train.num_workers} worker(s); MLflow run {tracker.run_id}", flush=True)
+
+    from pipelines.trainer import make_trainer
+
+    trainer = make_trainer(cfg, dataset, run_name=run_name, loop_config={
+        "config": cfg.model_dump(mode="json"), "total_steps": total_steps, "warmup_steps": warmup_steps,
+        "mlflow_run_id": tracker.run_id, "run_dir": str(run_dir)})
+    started = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; keep the first line
+        tracker.end("FAILED")
+        raise SsegError(f"training failed: {_first_line(exc)} (checkpoints kept in {run_dir})") from None
+    train_seconds = time.perf_counter() - started
+    metrics = result.metrics or {}
+    if metrics.get("nan_stop"):
+        tracker.end("FAILED")
+        raise SsegError(f"training stopped: non-finite loss at step {int(metrics.get('step', -1))}; "
+                        f"last good checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
+    if result.checkpoint is None:
+        tracker.end("FAILED")
+        raise SsegError("training finished without a checkpoint")
+    checkpoint_dir = Path(result.checkpoint.path)
+    summary = {"run_name": run_name, "steps": int(metrics.get("step", total_steps)),
+               "train_seconds": train_seconds, "checkpoint": str(checkpoint_dir),
+               "final_loss": metrics.get("loss"), "final_query_collapse": metrics.get("query_collapse"),
+               "train_images_per_s": metrics.get("images_per_s")}
+    tracker.log_artifact(checkpoint_dir / "sseg_checkpoint.pt", "checkpoints/final")
+    if cfg.eval.labeled_split:
+        from pipelines.evaluate import evaluate_pretraining
+
+        eval_result = evaluate_pretraining(cfg, checkpoint_dir, tracker)
+        summary.update(eval_result)
+    tracker.log_metrics({k: v for k, v in summary.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                        step=summary["steps"])
+    tracker.end()
+    summary["mlflow_run_id"] = tracker.run_id
+    return summary
+
+
+def _schedule(cfg: PretrainConfig, num_samples: int | None) -> tuple[int, int]:
+    steps_per_epoch = (num_samples // cfg.train.global_batch_size) if num_samples else None
+    if cfg.train.steps is not None:
+        total = cfg.train.steps
+    elif steps_per_epoch:
+        total = max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    else:
+        raise SsegError("train.steps must be set when the number of samples is unknown (stream source)")
+    if cfg.train.warmup_steps is not None:
+        warmup = cfg.train.warmup_steps
+    else:
+        warmup = int(cfg.train.warmup_epochs * (steps_per_epoch or 0))
+    if steps_per_epoch == 0:
+        raise SsegError(f"only {num_samples} training samples: fewer than train.global_batch_size="
+                        f"{cfg.train.global_batch_size}")
+    return total, min(warmup, total)
+
+
+def _check_resources(cfg: PretrainConfig) -> None:
+    import ray
+
+    resources = ray.cluster_resources()
+    if cfg.train.use_gpu and resources.get("GPU", 0) < 1:
+        from ray.autoscaler.sdk import request_resources  # noqa: F401 - an autoscaler may add GPUs
+
+        if not _cluster_can_autoscale():
+            raise SsegError(f"train.use_gpu=true but the Ray cluster has no GPU "
+                            f"(resources: {int(resources.get('CPU', 0))} CPU, 0 GPU)")
+    if cfg.pool.gpus_per_actor > 0 and resources.get("GPU", 0) <= 0 and not _cluster_can_autoscale():
+        raise SsegError("pool.gpus_per_actor > 0 but the Ray cluster has no GPU")
+
+
+def _cluster_can_autoscale() -> bool:
+    import os
+
+    return os.environ.get("SSEG_AUTOSCALING_CLUSTER", "0") == "1"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("Traceback"):
+            return line.strip()[:400]
+    return type(exc).__name__

@@ -1,0 +1,54 @@
+"""Connecting to Ray: a local instance for the embedded default, or the cluster a job was submitted to."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import ray
+
+from sseg.tracking import ENV_URI, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_env(tracking_uri: str | None = None) -> dict[str, str]:
+    """Env vars every Ray worker of a job needs (absolute MLflow URI; repo importable)."""
+    env = {
+        ENV_URI: resolve_tracking_uri(tracking_uri),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
+    return env
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             tracking_uri: str | None = None) -> None:
+    """Join the cluster in RAY_ADDRESS / ``address`` (``ray job submit`` sets it), else start one here.
+
+    A locally started instance runs with token auth disabled only when the caller set
+    ``RAY_AUTH_MODE=disabled``; it binds to 127.0.0.1 and has no dashboard unless asked.
+    """
+    if ray.is_initialized():
+        return
+    env = worker_env(tracking_uri)
+    os.environ.setdefault(ENV_URI, env[ENV_URI])
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": env}
+    if address:
+        log.info("connecting to Ray at %s", address)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except ConnectionError as exc:
+            from sseg.errors import SsegError
+
+            raise SsegError(f"no Ray cluster answers at {address}: {str(exc).splitlines()[0]}") from None
+        return
+    log.info("starting a local Ray instance (%s CPUs)", num_cpus or "all")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
+             _node_ip_address="127.0.0.1", log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("SSEG_PROGRESS_BARS", "1") == "1"

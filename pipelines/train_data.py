@@ -1,0 +1,69 @@
+"""Training data for S-Seg: (image, pseudo-mask segments, caption) batches as a Ray Dataset.
+
+Two sources: the Parquet pseudo-mask cache (images and masks cropped together on CPU tasks), or the
+shards streamed through decode → pseudo-mask actor pool (masks computed on the training crop).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+from PIL import Image
+
+from sseg.data.transforms import random_resized_crop
+
+TRAIN_COLUMNS = ("image", "segments", "caption")
+
+
+class CropCachedSamples:
+    """map_batches function: cache rows → same random-resized crop of image and mask, flipped together."""
+
+    def __init__(self, size: int, crop_scale: tuple[float, float], seed: int | None = None):
+        self.size = size
+        self.crop_scale = tuple(crop_scale)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batch: dict) -> dict:
+        images, segments = [], []
+        for image_bytes, mask_bytes in zip(batch["image"], batch["mask_png"]):
+            image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
+            mask = np.asarray(Image.open(io.BytesIO(mask_bytes)))
+            image, mask = random_resized_crop(image, self.size, self.rng, labels=mask,
+                                              scale=self.crop_scale)
+            images.append(image)
+            segments.append(mask)
+        n = len(images)
+        return {
+            "image": np.stack(images) if n else np.zeros((0, self.size, self.size, 3), np.uint8),
+            "segments": np.stack(segments) if n else np.zeros((0, self.size, self.size), np.uint8),
+            "caption": np.asarray(batch["caption"], dtype=object),
+        }
+
+
+def cache_dataset(files: list[str], size: int, crop_scale: tuple[float, float],
+                  batch_size: int = 64) -> ray.data.Dataset:
+    ds = ray.data.read_parquet(files, columns=["image", "mask_png", "caption"], shuffle="files")
+    return ds.map_batches(CropCachedSamples, fn_constructor_kwargs=dict(size=size, crop_scale=crop_scale),
+                          batch_size=batch_size, batch_format="numpy",
+                          compute=ray.data.TaskPoolStrategy())
+
+
+def count_cache_rows(files: list[str]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def stream_dataset(shards: list[str], size: int, crop_scale, pm_config, *, num_actors: int,
+                   gpus_per_actor: float, batch_size: int, counter=None) -> ray.data.Dataset:
+    from pipelines.pseudo_masks import add_pseudo_masks
+    from pipelines.shards import DecodeSamples, read_shards
+
+    ds = read_shards(shards, shuffle_files=True)
+    ds = ds.map_batches(DecodeSamples, fn_constructor_kwargs=dict(size=size, mode="train",
+                                                                  crop_scale=crop_scale, counter=counter),
+                        batch_size=batch_size, batch_format="numpy", compute=ray.data.TaskPoolStrategy())
+    ds = add_pseudo_masks(ds, pm_config, num_actors=num_actors, gpus_per_actor=gpus_per_actor,
+                          batch_size=batch_size)
+    return ds.select_columns(list(TRAIN_COLUMNS))

@@ -1,0 +1,1 @@
+"""Arrow schemas and config schemas shared between stages."""

@@ -1,0 +1,50 @@
+"""Arrow schemas of what one stage writes and another reads. Readers validate with ``check_schema``."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from sseg.errors import DataError
+
+SCHEMA_VERSION = "1"
+
+# One row per sample of the pseudo-mask cache (jobs/pseudo_masks.py → jobs/pretrain.py).
+PSEUDO_MASK_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("words", pa.list_(pa.string()), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("num_segments", pa.int16(), nullable=False),
+        # The image the mask was computed on (JPEG, same size as the mask), so training needs no join.
+        pa.field("image", pa.binary(), nullable=False),
+        # Segment ids 0..K-1 as an 8-bit grayscale PNG of size height×width.
+        pa.field("mask_png", pa.binary(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+    ],
+    metadata={b"sseg.schema": b"pseudo_masks", b"sseg.schema_version": SCHEMA_VERSION.encode()},
+)
+
+# Per-image evaluation results (jobs/evaluate.py).
+EVAL_RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("pixels", pa.int64(), nullable=False),
+        pa.field("correct", pa.int64(), nullable=False),
+    ],
+    metadata={b"sseg.schema": b"eval_results", b"sseg.schema_version": SCHEMA_VERSION.encode()},
+)
+
+
+def check_schema(actual: pa.Schema, expected: pa.Schema, source: str) -> None:
+    """Raise a one-line DataError if ``actual`` lacks a field of ``expected`` or has another type."""
+    for field in expected:
+        idx = actual.get_field_index(field.name)
+        if idx < 0:
+            raise DataError(f"{source}: missing column '{field.name}' (expected {expected.metadata[b'sseg.schema'].decode()} schema)")
+        if not actual.field(idx).type.equals(field.type):
+            raise DataError(f"{source}: column '{field.name}' has type {actual.field(idx).type}, expected {field.type}")

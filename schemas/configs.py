@@ -1,0 +1,121 @@
+"""Config schemas of the jobs. Every section is a StrictModel: unknown keys and bad values are errors."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from sseg.config import StrictModel
+from sseg.data.world import WorldConfig
+from sseg.models.config import ModelConfig
+from sseg.pseudo_masks.generator import PseudoMaskConfig
+
+
+class RayConfig(StrictModel):
+    address: str | None = None  # None: RAY_ADDRESS (set by `ray job submit`) or a local instance
+    num_cpus: int | None = Field(default=None, gt=0)
+
+
+class TrackingConfig(StrictModel):
+    experiment: str = "sseg"
+    run_name: str | None = None
+    parent_run_id: str | None = None  # lineage: the run this stage starts from
+
+
+class DataConfig(StrictModel):
+    shards: str | list[str] = "data/world/shards"  # dir, glob, {a..b} range, list, or s3:// / gs:// URLs
+    image_size: int = Field(default=224, gt=7)  # training crop / pseudo-mask resolution
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    read_concurrency: int | None = Field(default=None, gt=0)
+    decode_batch_size: int = Field(default=64, gt=0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
+        return value
+
+
+class ActorPoolConfig(StrictModel):
+    num_actors: int = Field(default=1, gt=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=64, gt=0)
+
+
+class PseudoMaskJobConfig(StrictModel):
+    world: WorldConfig | None = WorldConfig()  # generated into world_dir if absent; null for real data
+    world_dir: str = "data/world"
+    data: DataConfig = DataConfig(image_size=64)
+    pseudo_masks: PseudoMaskConfig = PseudoMaskConfig()
+    pool: ActorPoolConfig = ActorPoolConfig()
+    cache_dir: str = "data/world/pseudo_masks"
+    shards_per_pass: int = Field(default=16, gt=0)
+    labeled_split: str | None = "data/world/voc"  # VOC-layout split for the oracle mIoU; null to skip
+    oracle_max_images: int = Field(default=500, gt=0)
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig(experiment="sseg-pseudo-masks")
+
+
+class TrainConfig(StrictModel):
+    global_batch_size: int = Field(default=4096, gt=0)
+    steps: int | None = Field(default=None, gt=0)  # None: epochs × samples / batch
+    epochs: float = Field(default=30, gt=0)
+    lr: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = Field(default=2, ge=0)
+    warmup_steps: int | None = Field(default=None, ge=0)  # overrides warmup_epochs
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: bf16 autocast on GPU only
+    seed: int = 0
+    num_workers: int = Field(default=1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1, gt=0)
+    threads_per_worker: int | None = Field(default=None, gt=0)  # torch threads; None: cpus_per_worker
+    max_failures: int = Field(default=2, ge=0)
+    log_every: int = Field(default=10, gt=0)
+    checkpoint_every: int = Field(default=200, gt=0)
+    checkpoints_to_keep: int = Field(default=2, gt=0)
+    shuffle_buffer: int = Field(default=512, ge=0)
+    weight_mask: float = 1.0
+    weight_contrastive: float = 1.0
+    weight_focal: float = 20.0
+    weight_dice: float = 1.0
+    # Fault-injection hook for tests: the rank-0 worker exits abruptly once when it reaches this step.
+    fault_injection_step: int | None = None
+
+
+class PretrainEvalConfig(StrictModel):
+    labeled_split: str | None = "data/world/voc"  # VOC-layout split; null: no evaluation
+    dataset: str = "world"
+    max_images: int = Field(default=500, gt=0)
+    image_size: int | None = None  # None: model.image_size
+    templates: Literal["single", "ensemble"] = "ensemble"
+    retrieval_pairs: int = Field(default=256, gt=1)
+
+
+class PretrainConfig(StrictModel):
+    """Defaults = the embedded CPU demo (tiny model on the captioned world); configs/ holds the paper's."""
+
+    world: WorldConfig | None = WorldConfig()
+    world_dir: str = "data/world"
+    data: DataConfig = DataConfig(image_size=64)
+    pseudo_mask_source: Literal["cache", "stream"] = "cache"
+    pseudo_masks: PseudoMaskConfig = PseudoMaskConfig()
+    pool: ActorPoolConfig = ActorPoolConfig()
+    cache_dir: str = "data/world/pseudo_masks"
+    model: ModelConfig = Field(default_factory=lambda: _tiny_model())
+    train: TrainConfig = TrainConfig(global_batch_size=64, steps=1500, lr=1e-3, warmup_steps=100,
+                                     threads_per_worker=2, checkpoint_every=250)
+    eval: PretrainEvalConfig = PretrainEvalConfig()
+    storage_path: str = "runs"
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig(experiment="sseg-pretrain")
+
+
+def _tiny_model() -> ModelConfig:
+    from sseg.models.config import tiny_model_config
+
+    return tiny_model_config()

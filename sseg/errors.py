@@ -1,0 +1,17 @@
+"""Errors that jobs turn into a one-line message and exit code 2."""
+
+
+class SsegError(Exception):
+    """A user-facing problem (bad config, missing file, bad input). Message is one line."""
+
+
+class ConfigError(SsegError):
+    pass
+
+
+class CheckpointError(SsegError):
+    pass
+
+
+class DataError(SsegError):
+    pass

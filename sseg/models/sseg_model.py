@@ -1,0 +1,77 @@
+"""S-Seg: MaskFormer (N masks + N mask features) and a text transformer in one embedding space."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from sseg.models.config import ModelConfig
+from sseg.models.maskformer import MaskFormer
+from sseg.models.text import TextEncoder, projection_mlp
+
+
+def mask_pooled_features(pixel_features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Average [B,C,h,w] pixel features under each mask's sigmoid [B,N,h,w] → [B,N,C].
+
+    The weights are detached: the pooled feature trains the semantic map, not the masks.
+    """
+    weights = mask_logits.detach().sigmoid().flatten(2)  # [B,N,hw]
+    pooled = torch.einsum("bnp,bcp->bnc", weights, pixel_features.flatten(2))
+    return pooled / (weights.sum(-1, keepdim=True) + 1e-6)
+
+
+class SSegModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.maskformer = MaskFormer(cfg)
+        self.text_encoder = TextEncoder(cfg)
+        self.image_projection = projection_mlp(cfg.hidden_dim, cfg.embed_dim)
+        if cfg.mask_feature_source == "pooled":
+            self.semantic_proj = nn.Conv2d(cfg.mask_dim, cfg.hidden_dim, 1)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+
+    def _mask_features(self, query_features: torch.Tensor, mask_logits: torch.Tensor,
+                       semantic_map: torch.Tensor | None) -> torch.Tensor:
+        if semantic_map is None:
+            return self.image_projection(query_features)
+        return self.image_projection(mask_pooled_features(semantic_map, mask_logits))
+
+    def encode_image(self, images: torch.Tensor) -> dict[str, Any]:
+        """images: normalised float [B,3,H,W] (H, W multiples of 32).
+
+        Returns "pred_masks" [B,N,H/4,W/4] logits, "mask_features" [B,N,embed_dim] (projected,
+        not normalised) and "aux_outputs": one such dict per earlier decoder layer.
+        """
+        out = self.maskformer(images)
+        semantic_map = (self.semantic_proj(out.pixel_features)
+                        if self.cfg.mask_feature_source == "pooled" else None)
+        layers = [
+            {"pred_masks": out.pred_masks[i],
+             "mask_features": self._mask_features(out.query_features[i], out.pred_masks[i], semantic_map)}
+            for i in range(out.pred_masks.shape[0])
+        ]
+        final = dict(layers[-1])
+        final["aux_outputs"] = layers[:-1]
+        return final
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: long [B,L] CLIP BPE ids → [B, embed_dim] (projected, not normalised)."""
+        return self.text_encoder(tokens)
+
+    def current_logit_scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=self.cfg.max_logit_scale).exp()
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
+        outputs = self.encode_image(images)
+        outputs["image_features"] = outputs["mask_features"].mean(dim=1)
+        outputs["text_features"] = self.encode_text(tokens)
+        outputs["logit_scale"] = self.current_logit_scale()
+        return outputs
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Call after every optimizer step (CLIP): keeps the temperature ≥ 1/100."""
+        self.logit_scale.clamp_(0.0, self.cfg.max_logit_scale)

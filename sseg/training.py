@@ -1,0 +1,181 @@
+"""The S-Seg training step and its pieces (optimizer, schedule, checkpoints): plain PyTorch, no Ray."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sseg.data.transforms import to_normalized_tensor
+from sseg.errors import CheckpointError
+
+CHECKPOINT_FILE = "sseg_checkpoint.pt"
+CHECKPOINT_KIND = "sseg-pretrain"
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                    betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms, embeddings' scalars and the temperature."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "logit_scale" in name or name.endswith(".bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int,
+                       warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # float [B,3,H,W], normalised
+    segments: torch.Tensor  # long [B,H,W], ids 0..K-1
+    tokens: torch.Tensor  # long [B,L]
+
+
+def prepare_batch(images: Any, segments: Any, captions: Any, context_length: int,
+                  device: torch.device) -> Batch:
+    from sseg.models.text import tokenize
+
+    captions = [str(c) for c in (captions.tolist() if isinstance(captions, np.ndarray) else captions)]
+    return Batch(
+        images=to_normalized_tensor(torch.as_tensor(images)).to(device, non_blocking=True),
+        segments=torch.as_tensor(segments).long().to(device, non_blocking=True),
+        tokens=tokenize(captions, context_length).to(device, non_blocking=True),
+    )
+
+
+class TrainStep:
+    """forward → losses → backward → clip → optimizer/scheduler step → clamp temperature."""
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler, num_segments: int, grad_clip: float | None, world_size: int = 1,
+                 bf16: bool = False):
+        self.model = model
+        self.criterion = criterion
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.num_segments = num_segments
+        self.grad_clip = grad_clip
+        self.world_size = world_size
+        self.bf16 = bf16
+
+    @property
+    def core(self) -> nn.Module:
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    def __call__(self, batch: Batch) -> dict[str, float]:
+        from sseg.losses.criterion import pseudo_masks_to_targets
+        from sseg.models.diagnostics import query_collapse
+
+        self.model.train()
+        device_type = batch.images.device.type
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            outputs = self.model(batch.images, batch.tokens)
+        outputs = _to_float(outputs)
+        targets = pseudo_masks_to_targets(batch.segments, self.num_segments)
+        losses = self.criterion(outputs, targets, world_size=self.world_size)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        grad_norm = None
+        if self.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.core.clamp_logit_scale_()
+        metrics = {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.ndim == 0}
+        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        metrics["temperature"] = float(outputs["logit_scale"].detach())
+        metrics["query_collapse"] = float(query_collapse(outputs["mask_features"].detach()))
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        return metrics
+
+
+def _to_float(tree):
+    if torch.is_tensor(tree):
+        return tree.float() if tree.is_floating_point() else tree
+    if isinstance(tree, dict):
+        return {k: _to_float(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_to_float(v) for v in tree]
+    return tree
+
+
+def save_checkpoint(directory: str | Path, *, model: nn.Module, model_config: dict,
+                    optimizer=None, scheduler=None, step: int = 0, epoch: int = 0,
+                    extra: dict | None = None) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    core = model.module if hasattr(model, "module") else model
+    state = {
+        "kind": CHECKPOINT_KIND, "model_config": model_config,
+        "model": core.state_dict(), "step": step, "epoch": epoch, "extra": extra or {},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+    }
+    tmp = directory / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, directory / CHECKPOINT_FILE)
+    return directory / CHECKPOINT_FILE
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read an sseg pretraining checkpoint (file or the directory holding it), validating its kind."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad checkpoint
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"{path} is not an sseg pretraining checkpoint "
+                              f"(kind={state.get('kind') if isinstance(state, dict) else type(state).__name__})")
+    return state
+
+
+def check_model_config(state: dict, model_config: dict, source: str) -> None:
+    """Refuse to resume from a checkpoint of another model config (first differing field named)."""
+    saved = state.get("model_config", {})
+    for key in sorted(set(saved) | set(model_config)):
+        if saved.get(key) != model_config.get(key):
+            raise CheckpointError(
+                f"checkpoint {source} was trained with model.{key}={saved.get(key)!r}, "
+                f"this config has {model_config.get(key)!r}")
+
+
+def model_from_checkpoint(path: str | Path, map_location="cpu"):
+    """(model in eval mode, state) from a checkpoint file/dir."""
+    from sseg.models import ModelConfig, SSegModel
+
+    state = load_checkpoint(path, map_location)
+    model = SSegModel(ModelConfig.model_validate(state["model_config"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit its own model config: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return model.eval(), state
