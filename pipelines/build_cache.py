@@ -32,15 +32,13 @@ def build_pseudo_mask_cache(cfg: PseudoMaskJobConfig, run_name: str = "cache") -
     for start in range(0, len(todo), cfg.shards_per_pass):
         group = todo[start:start + cfg.shards_per_pass]
         ds = read_shards(group, concurrency=cfg.data.read_concurrency)
-        ds = ds.map_batches(DecodeSamples, fn_constructor_kwargs=dict(
-            size=cfg.data.image_size, mode="cache", counter=counter),
-            batch_size=cfg.data.decode_batch_size, batch_format="numpy",
+        ds = ds.map_batches(DecodeSamples(size=cfg.data.image_size, mode="cache", counter=counter),
+                            batch_size=cfg.data.decode_batch_size, batch_format="numpy",
             compute=_decode_compute())
         ds = add_pseudo_masks(ds, cfg.pseudo_masks, num_actors=cfg.pool.num_actors,
                               gpus_per_actor=cfg.pool.gpus_per_actor, batch_size=cfg.pool.batch_size)
-        ds = ds.map_batches(EncodeCacheRows, fn_constructor_kwargs=dict(
-            generator_name=cfg.pseudo_masks.generator, pm_config=pm_config),
-            batch_size=cfg.pool.batch_size, batch_format="numpy", compute=_decode_compute())
+        ds = ds.map_batches(EncodeCacheRows(cfg.pseudo_masks.generator, pm_config),
+                            batch_size=cfg.pool.batch_size, batch_format="numpy", compute=_decode_compute())
         rows_by_shard: dict[str, list[dict]] = defaultdict(list)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():

@@ -130,7 +130,7 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
                "train_images_per_s": metrics.get("images_per_s")}
     tracker.log_artifact(checkpoint_dir / "sseg_checkpoint.pt", "checkpoints/final")
     if cfg.eval.labeled_split:
-        from pipelines.evaluate import evaluate_pretraining
+        from pipelines.pretrain_eval import evaluate_pretraining
 
         eval_result = evaluate_pretraining(cfg, checkpoint_dir, tracker)
         summary.update(eval_result)
@@ -181,7 +181,15 @@ def _cluster_can_autoscale() -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The root cause of a (Ray-wrapped) exception as one line, e.g. ``TypeError: ...``."""
+    import re
+
+    text = str(exc)
+    causes = re.findall(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)): (.+)$", text, re.M)
+    causes = [c for c in causes if c[0] not in ("WorkerGroupError", "TrainingFailedError")]
+    if causes:
+        name, message = causes[-1]
+        return f"{name}: {message.strip()}"[:400]
     for line in text.splitlines():
         if line.strip() and not line.startswith("Traceback"):
             return line.strip()[:400]

@@ -46,8 +46,7 @@ class CropCachedSamples:
 def cache_dataset(files: list[str], size: int, crop_scale: tuple[float, float],
                   batch_size: int = 64) -> ray.data.Dataset:
     ds = ray.data.read_parquet(files, columns=["image", "mask_png", "caption"], shuffle="files")
-    return ds.map_batches(CropCachedSamples, fn_constructor_kwargs=dict(size=size, crop_scale=crop_scale),
-                          batch_size=batch_size, batch_format="numpy",
+    return ds.map_batches(CropCachedSamples(size, crop_scale), batch_size=batch_size, batch_format="numpy",
                           compute=ray.data.TaskPoolStrategy())
 
 
@@ -61,9 +60,7 @@ def stream_dataset(shards: list[str], size: int, crop_scale, pm_config, *, num_a
     from pipelines.shards import DecodeSamples, read_shards
 
     ds = read_shards(shards, shuffle_files=True)
-    ds = ds.map_batches(DecodeSamples, fn_constructor_kwargs=dict(size=size, mode="train",
-                                                                  crop_scale=crop_scale, counter=counter),
-                        batch_size=batch_size, batch_format="numpy", compute=ray.data.TaskPoolStrategy())
+    ds = ds.map_batches(DecodeSamples(size, "train", crop_scale, counter), batch_size=batch_size, batch_format="numpy", compute=ray.data.TaskPoolStrategy())
     ds = add_pseudo_masks(ds, pm_config, num_actors=num_actors, gpus_per_actor=gpus_per_actor,
                           batch_size=batch_size)
     return ds.select_columns(list(TRAIN_COLUMNS))

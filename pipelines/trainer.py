@@ -73,7 +73,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     criterion = SSegCriterion(
         weight_focal=cfg.train.weight_focal, weight_dice=cfg.train.weight_dice,
         weight_mask=cfg.train.weight_mask, weight_contrastive=cfg.train.weight_contrastive,
-        contrastive=ContrastiveLoss(rank=rank, world_size=world_size))
+        contrastive=ContrastiveLoss())
     train_step = TrainStep(model, criterion, optimizer, scheduler, cfg.pseudo_masks.num_segments,
                            cfg.train.grad_clip, world_size=world_size, bf16=bf16)
     tracker = Tracker(cfg.tracking.experiment, run_id=loop_config["mlflow_run_id"], enabled=rank == 0)

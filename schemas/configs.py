@@ -92,8 +92,10 @@ class PretrainEvalConfig(StrictModel):
     dataset: str = "world"
     max_images: int = Field(default=500, gt=0)
     image_size: int | None = None  # None: model.image_size
-    templates: Literal["single", "ensemble"] = "ensemble"
+    templates: str | list[str] = "clip7"  # a template-set name (clip, clip7, single, name) or a list
     retrieval_pairs: int = Field(default=256, gt=1)
+    pictures: int = Field(default=8, ge=0)
+    num_actors: int = Field(default=1, gt=0)
 
 
 class PretrainConfig(StrictModel):

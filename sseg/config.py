@@ -110,8 +110,14 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Build ``cls`` from defaults, then the YAML file at ``path``, then ``overrides``."""
-    data = read_yaml(path) if path else {}
+    """Build ``cls`` from its defaults, then the YAML file at ``path``, then ``overrides``.
+
+    Each layer is merged field by field into the one below, so a partial section (``train.steps=20``)
+    keeps the other fields of that section's default rather than the section class's own defaults.
+    """
+    data = cls().model_dump(mode="python")
+    if path:
+        data = _merge(data, read_yaml(path))
     data = _merge(data, parse_overrides(overrides))
     try:
         return cls.model_validate(data)

@@ -11,10 +11,12 @@ Loss = (CE(image→text) + CE(text→image)) / 2.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_autograd
 import torch.nn.functional as F
 from torch import nn
 
@@ -38,10 +40,11 @@ def gather_features(image_features: torch.Tensor, text_features: torch.Tensor, r
                     world_size: int, local_loss: bool, gather_with_grad: bool
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     if gather_with_grad:
-        import torch.distributed.nn  # registers the autograd-aware collectives
-
-        all_images = torch.cat(torch.distributed.nn.all_gather(image_features), dim=0)
-        all_texts = torch.cat(torch.distributed.nn.all_gather(text_features), dim=0)
+        with warnings.catch_warnings():
+            # deprecated in favour of a private API in torch 2.1x; still the autograd-aware gather
+            warnings.simplefilter("ignore", FutureWarning)
+            all_images = torch.cat(dist_autograd.all_gather(image_features), dim=0)
+            all_texts = torch.cat(dist_autograd.all_gather(text_features), dim=0)
         return all_images, all_texts
     images = [torch.zeros_like(image_features) for _ in range(world_size)]
     texts = [torch.zeros_like(text_features) for _ in range(world_size)]

@@ -20,6 +20,7 @@ def _match_resolution(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     if logits.ndim != 3 or targets.ndim != 3 or logits.shape[0] != targets.shape[0]:
         raise DataError(f"mask loss needs logits [M,h,w] and targets [M,H,W] with equal M, got "
                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    logits = logits.float()  # losses in fp32 also under bf16 autocast
     if logits.shape[-2:] != targets.shape[-2:]:
         logits = F.interpolate(logits[:, None], size=targets.shape[-2:], mode="bilinear",
                                align_corners=False)[:, 0]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
@@ -23,6 +22,7 @@ from sseg.errors import CheckpointError, ConfigError
 from sseg.pseudo_masks.generator import (
     PseudoMaskConfig,
     PseudoMaskGenerator,
+    bf16_is_fast,
     register_generator,
     upsample_labels,
 )
@@ -124,17 +124,6 @@ def load_into_vit(model: nn.Module, state: dict[str, Tensor], source: str | Path
     model.load_state_dict(state, strict=True)
 
 
-@lru_cache(maxsize=1)
-def _cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 dot-product instructions (AVX512-BF16 / AMX), where bf16 autocast
-    speeds a ViT up; elsewhere it is emulated and slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 class _LastBlockKeys:
     """Forward hook on the last block's qkv projection that keeps the attention keys."""
 
@@ -144,7 +133,7 @@ class _LastBlockKeys:
 
     def __call__(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         batch, tokens, triple = output.shape
-        self.keys = output.view(batch, tokens, 3, triple // 3)[:, :, 1]
+        self.keys = output.reshape(batch, tokens, 3, triple // 3)[:, :, 1]
 
 
 @register_generator("dino")
@@ -189,9 +178,7 @@ class DinoKMeansGenerator(PseudoMaskGenerator):
         }
 
     def _use_bf16(self) -> bool:
-        if not self.config.bf16:
-            return False
-        return self.device.type == "cuda" or (self.device.type == "cpu" and _cpu_has_native_bf16())
+        return self.config.bf16 and bf16_is_fast(self.device)
 
     def features(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """uint8 [B, H, W, 3] -> L2-normalised patch features [B, h*w, 384] and the grid (h, w)."""
@@ -208,14 +195,14 @@ class DinoKMeansGenerator(PseudoMaskGenerator):
     def generate(self, images: Tensor) -> Tensor:
         cfg = self.config
         features, (grid_h, grid_w) = self.features(images)
-        on_gpu = self.device.type == "cuda"
         result = batched_kmeans(
             features,
             k=min(cfg.num_segments, grid_h * grid_w),
             max_iter=cfg.max_iter,
             tol=cfg.tol,
             generator=self.kmeans_generator(),
-            distance_dtype=torch.bfloat16 if (cfg.bf16 and on_gpu) else None,
+            distance_dtype=torch.bfloat16 if self._use_bf16() else None,
+            n_local_trials=cfg.kmeans_local_trials,
         )
         labels = result.labels.view(-1, grid_h, grid_w)
         mode = "bilinear" if cfg.upsample == "auto" else cfg.upsample

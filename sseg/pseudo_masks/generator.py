@@ -10,6 +10,8 @@ everything that changes the output, so a pseudo-mask cache can be keyed by it.
 from __future__ import annotations
 
 import abc
+from functools import lru_cache
+from pathlib import Path
 from typing import Callable, ClassVar, Literal, TypeVar
 
 import numpy as np
@@ -27,6 +29,9 @@ class PseudoMaskConfig(StrictModel):
     num_segments: int = Field(default=8, ge=1, le=255)
     max_iter: int = Field(default=20, ge=1)
     tol: float = Field(default=1e-4, ge=0)
+    # 1 = standard k-means++; 2 + ln K (= 4 for K=8) is scikit-learn's greedy variant: better
+    # seeds (fewer one-token segments) for one extra distance pass per trial.
+    kmeans_local_trials: int = Field(default=1, ge=1)
     seed: int = 0
     dino_checkpoint: str | None = None  # local path to e.g. dino_deitsmall8_pretrain.pth
     dino_feature: Literal["tokens", "keys"] = "tokens"
@@ -50,6 +55,21 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"pseudo_masks.device is '{name}' but CUDA is not available")
     return device
+
+
+@lru_cache(maxsize=1)
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """bf16 matrix products pay off on GPUs and on CPUs with AVX512-BF16 / AMX; elsewhere they
+    are emulated and slower than float32."""
+    return device.type == "cuda" or (device.type == "cpu" and _cpu_has_native_bf16())
 
 
 def as_image_batch(images: Tensor | np.ndarray) -> Tensor:
@@ -102,7 +122,8 @@ class PseudoMaskGenerator(abc.ABC):
     def generate(self, images: Tensor) -> Tensor:
         """Segment a validated uint8 batch [B, H, W, 3]; returns uint8 [B, H, W]."""
 
-    _COMMON_SETTINGS: ClassVar[tuple[str, ...]] = ("num_segments", "max_iter", "tol", "seed", "upsample")
+    _COMMON_SETTINGS: ClassVar[tuple[str, ...]] = (
+        "num_segments", "max_iter", "tol", "kmeans_local_trials", "seed", "upsample")
 
     def hashed_settings(self) -> dict:
         """The settings that change this generator's output (subclasses add their own)."""

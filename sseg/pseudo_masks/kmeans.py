@@ -1,12 +1,14 @@
-"""Batched K-Means in torch: every image of a batch is clustered at once, on CPU or CUDA.
+"""Batched K-Means in torch: the images of a batch are clustered together, on CPU or CUDA.
 
 ``batched_kmeans(x[B, P, D], k)`` runs B independent K-Means problems in lock-step: k-means++
-seeding (D² sampling, the standard non-greedy variant) and Lloyd iterations whose distances are
-one ``baddbmm`` per iteration for the whole batch. The stopping rule follows scikit-learn's
-``KMeans(algorithm="lloyd")`` per batch element: stop on unchanged labels, or when the squared
-centre shift is at most ``tol * mean(var(x_b, axis=0))``; an element that has stopped keeps its
-centres while the others go on. Empty clusters are re-seeded at the points farthest from their
-centres, as scikit-learn does, so from the same initial centres the two agree.
+seeding (D² sampling; the greedy variant on request) and Lloyd iterations whose distances and
+centre sums are one batched matrix product each for all elements. On GPU the whole batch is one
+chunk; on CPU the batch is cut into chunks of a few elements that stay in cache through seeding
+and every iteration (a chunk-sized Python loop, never a per-image one). The stopping rule
+follows scikit-learn's ``KMeans(algorithm="lloyd")`` per batch element: stop on unchanged labels,
+or when the squared centre shift is at most ``tol * mean(var(x_b, axis=0))``; an element that has
+stopped keeps its centres while the others go on. Empty clusters are re-seeded at the points
+farthest from their centres, as scikit-learn does, so from the same initial centres the two agree.
 """
 
 from __future__ import annotations
@@ -56,24 +58,16 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: 
     return torch.rand(shape, generator=generator, device=draw_device).to(device)
 
 
-def _sample_rows(weights: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One index per row of ``weights`` [B, P], with probability proportional to the weight.
-
-    Rows whose weights are all zero (every point already coincides with a centre) sample
-    uniformly.
-    """
+def _sample_rows(weights: Tensor, uniforms: Tensor) -> Tensor:
+    """Indices [B, L] into the rows of ``weights`` [B, P], one per uniform number in ``uniforms``
+    [B, L], each index drawn with probability proportional to its weight (inverse-CDF). Rows
+    whose weights are all zero (every point coincides with a centre) sample uniformly."""
     weights = weights.clamp_min(0)
     totals = weights.sum(dim=1, keepdim=True)
     weights = torch.where(totals > 0, weights, torch.ones_like(weights))
     cumulative = weights.cumsum(dim=1)
-    targets = _uniform((weights.shape[0], 1), generator, weights.device) * cumulative[:, -1:]
-    index = torch.searchsorted(cumulative, targets, right=True)
-    return index.clamp_max(weights.shape[1] - 1).squeeze(1)
-
-
-def _gather_points(x: Tensor, index: Tensor) -> Tensor:
-    """``x[b, index[b]]`` for every batch element: [B, D]."""
-    return x[torch.arange(x.shape[0], device=x.device), index]
+    index = torch.searchsorted(cumulative, uniforms * cumulative[:, -1:], right=True)
+    return index.clamp_max(weights.shape[1] - 1)
 
 
 def _squared_norms(x: Tensor) -> Tensor:
@@ -81,29 +75,56 @@ def _squared_norms(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x, dim=-1).pow(2)
 
 
+@dataclass(frozen=True)
+class _SeedingDraws:
+    """All random numbers k-means++ needs, drawn up front so that the result does not depend on
+    how the batch is split into chunks."""
+
+    first: Tensor  # [B] picks the first centre
+    trials: Tensor  # [k - 1, B, L] pick the candidates for each further centre
+
+    @classmethod
+    def draw(cls, batch: int, k: int, n_local_trials: int, generator: torch.Generator | None,
+             device: torch.device) -> "_SeedingDraws":
+        first = _uniform((batch,), generator, device)
+        return cls(first, _uniform((k - 1, batch, n_local_trials), generator, device))
+
+    def chunk(self, start: int, stop: int) -> "_SeedingDraws":
+        return _SeedingDraws(self.first[start:stop], self.trials[:, start:stop])
+
+
+def _seed_centres(x: Tensor, x_sq: Tensor, k: int, draws: _SeedingDraws) -> Tensor:
+    batch, points, dims = x.shape
+    rows = torch.arange(batch, device=x.device)
+    centers = x.new_empty(batch, k, dims)
+    centers[:, 0] = x[rows, (draws.first * points).long().clamp_max(points - 1)]
+    closest = _squared_distances(x, x_sq, centers[:, :1]).squeeze(2)  # [B, P]
+    for j in range(1, k):
+        candidates = _sample_rows(closest, draws.trials[j - 1])  # [B, L]
+        candidate_points = x[rows.unsqueeze(1), candidates]  # [B, L, D]
+        # Nearest-centre distances if each candidate were added: [B, P, L].
+        with_candidate = torch.minimum(closest.unsqueeze(2), _squared_distances(x, x_sq, candidate_points))
+        best = with_candidate.sum(dim=1).argmin(dim=1)  # [B]
+        centers[:, j] = candidate_points[rows, best]
+        closest = with_candidate[rows, :, best]
+    return centers
+
+
 def kmeans_plus_plus(
-    x: Tensor, k: int, generator: torch.Generator | None = None, x_sq: Tensor | None = None
+    x: Tensor, k: int, generator: torch.Generator | None = None, n_local_trials: int = 1
 ) -> Tensor:
-    """Standard k-means++ seeding for every batch element at once: [B, P, D] -> centres [B, k, D].
+    """k-means++ seeding for every batch element at once: [B, P, D] -> centres [B, k, D].
 
     The first centre is a uniformly drawn point; each next one is drawn with probability
     proportional to its squared distance to the nearest centre chosen so far (D² sampling).
-    ``x_sq`` (the points' squared norms [B, P]) may be passed in when already computed.
+    With ``n_local_trials`` > 1 (greedy k-means++, scikit-learn's default 2 + ln k), that many
+    candidates are drawn and the one that lowers the total squared distance most is kept.
+    Same seeds as ``batched_kmeans`` picks with the same generator state.
     """
-    batch, points, dims = x.shape
-    x = x.float()
-    x_sq = _squared_norms(x) if x_sq is None else x_sq
-    centers = x.new_empty(batch, k, dims)
-    first = (_uniform((batch,), generator, x.device) * points).long().clamp_max(points - 1)
-    centers[:, 0] = _gather_points(x, first)
-    closest = _squared_distances(x, x_sq, centers[:, :1]).squeeze(2)  # [B, P]
-    for j in range(1, k):
-        chosen = _sample_rows(closest, generator)
-        centers[:, j] = _gather_points(x, chosen)
-        closest = torch.minimum(
-            closest, _squared_distances(x, x_sq, centers[:, j : j + 1]).squeeze(2)
-        )
-    return centers
+    _check_input(x, k, 1, 0.0, None)
+    x = x.float().contiguous()
+    draws = _SeedingDraws.draw(x.shape[0], k, n_local_trials, generator, x.device)
+    return _seed_centres(x, _squared_norms(x), k, draws)
 
 
 def _squared_distances(x: Tensor, x_sq: Tensor, centers: Tensor) -> Tensor:
@@ -118,13 +139,14 @@ def _squared_distances(x: Tensor, x_sq: Tensor, centers: Tensor) -> Tensor:
 
 
 def _cluster_sums(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Per-cluster sums [B, k, D] and counts [B, k] from labels [B, P].
+    """Per-cluster sums [B, k, D] and counts [B, k] (float32) from labels [B, P].
 
     A one-hot [B, k, P] @ x [B, P, D] product: on CPU about 3x faster than scatter_add over D.
+    With a bf16 ``x`` the product accumulates in float32 but returns bf16-rounded sums.
     """
-    one_hot = x.new_zeros(x.shape[0], k, x.shape[1])
+    one_hot = x.new_zeros(x.shape[0], k, x.shape[1])  # exact in any dtype, bf16 included
     one_hot.scatter_(1, labels.unsqueeze(1), 1.0)
-    return torch.bmm(one_hot, x), one_hot.sum(dim=2)
+    return torch.bmm(one_hot, x).float(), one_hot.sum(dim=2, dtype=torch.float32)
 
 
 def _relocate_empty_clusters(
@@ -158,6 +180,56 @@ def _assign(x: Tensor, x_sq: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
     return labels, min_dist
 
 
+def _lloyd(
+    x: Tensor, x_sq: Tensor, centers: Tensor, tolerance: Tensor, max_iter: int, low_dtype: torch.dtype | None
+) -> KMeansResult:
+    """Lloyd iterations for one chunk of batch elements (see :func:`batched_kmeans`)."""
+    batch, points, _ = x.shape
+    k = centers.shape[1]
+    x_loop = x if low_dtype in (None, x.dtype) else x.to(low_dtype)
+    active = torch.ones(batch, dtype=torch.bool, device=x.device)
+    n_iter = torch.zeros(batch, dtype=torch.long, device=x.device)
+    labels_old = torch.full((batch, points), -1, dtype=torch.long, device=x.device)
+    for _ in range(max_iter):
+        labels, min_dist = _assign(x_loop, x_sq, centers)
+        sums, counts = _cluster_sums(x_loop, labels, k)
+        _relocate_empty_clusters(x, labels, min_dist, sums, counts)
+        # A cluster left empty by the relocation (its only point moved away) keeps its centre.
+        new_centers = torch.where(counts.unsqueeze(2) > 0, sums / counts.clamp_min(1).unsqueeze(2), centers)
+        shift = (new_centers - centers).pow(2).sum(dim=(1, 2))
+        converged = (labels == labels_old).all(dim=1) | (shift <= tolerance)
+        centers = torch.where(active.view(-1, 1, 1), new_centers, centers)
+        n_iter += active
+        active &= ~converged
+        labels_old = labels
+        if not bool(active.any()):
+            break
+    # Final assignment in float32 with the final centres (sklearn's last E-step). The inertia
+    # comes from the same ||x||² - 2x·c + ||c||² expansion: exact enough unless the points sit
+    # far from the origin relative to their spread (then centre them before calling).
+    labels, min_dist = _assign(x, x_sq, centers)
+    inertia = min_dist.double().sum(dim=1).float()
+    return KMeansResult(labels=labels, centers=centers, inertia=inertia, n_iter=n_iter)
+
+
+def _mean_variance(x: Tensor, x_sq: Tensor) -> Tensor:
+    """mean over dimensions of the per-dimension variance of each element's points: [B] float32
+    (scikit-learn scales ``tol`` by it). Equals E||x||² / D - ||E x||² / D."""
+    points, dims = x.shape[1], x.shape[2]
+    mean_sq = x_sq.double().sum(dim=1) / (points * dims)
+    sq_mean = torch.linalg.vector_norm(x.mean(dim=1).double(), dim=-1).pow(2) / dims
+    return (mean_sq - sq_mean).clamp_min(0).float()
+
+
+def default_chunk_size(x: Tensor, cache_bytes: int = 8 << 20) -> int:
+    """Batch elements per Lloyd chunk: on CPU as many as fit ``cache_bytes`` (float32), so a
+    chunk stays in cache over all its iterations; on GPU the whole batch."""
+    if x.device.type != "cpu":
+        return x.shape[0]
+    per_element = x.shape[1] * x.shape[2] * 4
+    return max(1, min(x.shape[0], cache_bytes // max(per_element, 1)))
+
+
 def batched_kmeans(
     x: Tensor,
     k: int = 8,
@@ -166,6 +238,8 @@ def batched_kmeans(
     generator: torch.Generator | None = None,
     init: Tensor | None = None,
     distance_dtype: torch.dtype | None = None,
+    n_local_trials: int = 1,
+    chunk_size: int | None = None,
 ) -> KMeansResult:
     """Cluster the P points of each of B batch elements into k clusters, all elements at once.
 
@@ -177,47 +251,38 @@ def batched_kmeans(
             centre shift is <= tol * mean over dimensions of its points' variance.
         generator: random source for k-means++ (a CPU generator also works for CUDA data).
         init: initial centres [B, k, D]; skips k-means++ when given.
-        distance_dtype: precision of the x·c product inside the Lloyd loop (e.g. torch.bfloat16
-            on GPU); the final assignment and the inertia are always float32.
+        distance_dtype: precision of the Lloyd loop's two matrix products, point-centre
+            distances and centre sums (e.g. torch.bfloat16: about 2x faster on GPUs and on CPUs
+            with AVX512-BF16/AMX, centres exact to ~3 significant digits). The final
+            assignment and the inertia are always float32.
+        n_local_trials: k-means++ candidates per centre; 1 is standard k-means++, scikit-learn's
+            greedy variant uses 2 + ln(k) (better seeds, each trial one more distance pass).
+        chunk_size: batch elements iterated together; the default keeps a CPU chunk in cache
+            (and lets each chunk stop as soon as its own elements have converged). The result
+            does not depend on it.
     """
     _check_input(x, k, max_iter, tol, init)
+    if n_local_trials < 1 or (chunk_size is not None and chunk_size < 1):
+        raise DataError(f"batched_kmeans needs n_local_trials >= 1 and chunk_size >= 1 "
+                        f"(got {n_local_trials}, {chunk_size})")
     x = x.float().contiguous()
     batch = x.shape[0]
-    x_sq = _squared_norms(x)  # [B, P]
-    if not bool(torch.isfinite(x_sq).all()):  # NaN/inf anywhere in a point shows in its norm
-        raise DataError("batched_kmeans input holds NaN or infinite (or overflowing) values")
-    centers = (init.to(x.device).float().clone() if init is not None
-               else kmeans_plus_plus(x, k, generator, x_sq))
-    # sklearn's tol is relative to mean(var(x_b, axis=0)) = E||x||^2 / D - ||E x||^2 / D.
-    points, dims = x.shape[1], x.shape[2]
-    mean_sq = x_sq.double().sum(dim=1) / (points * dims)
-    sq_mean = torch.linalg.vector_norm(x.mean(dim=1).double(), dim=-1).pow(2) / dims
-    tolerance = (tol * (mean_sq - sq_mean).clamp_min(0)).float()  # [B]
+    draws = None if init is not None else _SeedingDraws.draw(batch, k, n_local_trials, generator, x.device)
+    step = chunk_size or default_chunk_size(x)
+    parts = []
+    # Seeding and all iterations of one chunk run back to back, while its points are in cache.
+    for start in range(0, batch, step):
+        chunk = x[start : start + step]
+        x_sq = _squared_norms(chunk)  # [C, P]
+        if not bool(torch.isfinite(x_sq).all()):  # NaN/inf anywhere in a point shows in its norm
+            raise DataError("batched_kmeans input holds NaN or infinite (or overflowing) values")
+        if draws is None:
+            centers = init[start : start + step].to(x.device).float().clone()
+        else:
+            centers = _seed_centres(chunk, x_sq, k, draws.chunk(start, start + step))
+        parts.append(_lloyd(chunk, x_sq, centers, tol * _mean_variance(chunk, x_sq), max_iter, distance_dtype))
+    if len(parts) == 1:
+        return parts[0]
+    fields = ("labels", "centers", "inertia", "n_iter")
+    return KMeansResult(*(torch.cat([getattr(part, f) for part in parts]) for f in fields))
 
-    active = torch.ones(batch, dtype=torch.bool, device=x.device)
-    n_iter = torch.zeros(batch, dtype=torch.long, device=x.device)
-    labels_old = torch.full(x.shape[:2], -1, dtype=torch.long, device=x.device)
-    x_for_distances = x if distance_dtype in (None, x.dtype) else x.to(distance_dtype)
-    for _ in range(max_iter):
-        labels, min_dist = _assign(x_for_distances, x_sq, centers)
-        sums, counts = _cluster_sums(x, labels, k)
-        _relocate_empty_clusters(x, labels, min_dist, sums, counts)
-        # A cluster left empty by the relocation (its only point moved away) keeps its centre.
-        new_centers = torch.where(
-            counts.unsqueeze(2) > 0, sums / counts.clamp_min(1).unsqueeze(2), centers
-        )
-        shift = (new_centers - centers).pow(2).sum(dim=(1, 2))
-        converged = (labels == labels_old).all(dim=1) | (shift <= tolerance)
-        centers = torch.where(active.view(-1, 1, 1), new_centers, centers)
-        n_iter += active.long()
-        active &= ~converged
-        labels_old = labels
-        if not bool(active.any()):
-            break
-
-    # Final assignment in float32 with the final centres (sklearn's last E-step). The inertia
-    # comes from the same ||x||² - 2x·c + ||c||² expansion: exact enough unless the points sit
-    # far from the origin relative to their spread (then centre them before calling).
-    labels, min_dist = _assign(x, x_sq, centers)
-    inertia = min_dist.double().sum(dim=1).float()
-    return KMeansResult(labels=labels, centers=centers, inertia=inertia, n_iter=n_iter)

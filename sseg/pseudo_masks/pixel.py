@@ -102,6 +102,7 @@ class PixelKMeansGenerator(PseudoMaskGenerator):
             max_iter=cfg.max_iter,
             tol=cfg.tol,
             generator=self.kmeans_generator(),
+            n_local_trials=cfg.kmeans_local_trials,
         )
         labels = result.labels.view(batch, grid_h, grid_w)
         mode = "nearest" if cfg.upsample == "auto" else cfg.upsample

@@ -1,0 +1,415 @@
+"""Open-vocabulary semantic segmentation with a mask-classification model (S-Seg inference).
+
+Pipeline for one image::
+
+    class definitions × prompt templates → text embeddings (TextClassifier)
+    image → resize (short side 448) → [sliding 448/224 windows] → model.encode_image
+        → N mask logits + N mask features
+        → class probs per mask  (cosine × learned temperature, softmax over concepts,
+                                 class = max over its concepts)
+        → per-pixel scores Σ_q p_q(c)·σ(m_q)  (MaskFormer semantic inference)
+    → average overlapping windows → resize back → background rule → label map
+
+Model interface (``sseg.models``)::
+
+    model.encode_image(images float[B,3,H,W] normalised)
+        -> {"pred_masks": [B,N,H/4,W/4] logits, "mask_features": [B,N,D], ...}
+    model.encode_text(tokens long[B,L]) -> [B,D]
+    model.logit_scale  (log of the temperature scale), model.config (or .cfg).context_length
+
+Background (``bg_mode``):
+
+* ``"threshold"`` (GroupViT protocol): per-pixel class scores are normalised to sum to 1; where
+  the largest is below ``bg_thresh`` the pixel is background. The background gets its own label
+  slot (``background_index``, default 0) that the text classifier does not contain.
+* ``"class"``: "background" is an ordinary text class (e.g. with SemiVL's background concepts).
+* ``"none"``: background is never predicted; a slot may still be reserved so label ids match a
+  dataset with a background class (the "without background" protocol: evaluate with
+  ``ConfusionMatrix.compute(exclude=[background_index])``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from sseg.config import StrictModel
+from sseg.errors import ConfigError, DataError, SsegError
+from sseg.prompts import ClassDefinition, parse_class_definitions, resolve_templates
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature scale to <= 100
+
+Tokenizer = Callable[[Sequence[str], int], Tensor]
+BgMode = Literal["threshold", "class", "none"]
+
+
+class SegmentConfig(StrictModel):
+    """Inference settings (defaults: the GroupViT / S-Seg protocol)."""
+
+    templates: str | list[str] = "clip"
+    bg_mode: BgMode = "threshold"
+    bg_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    short_side: int | None = Field(448, gt=0)  # None: keep the input size
+    max_long_side: int = Field(2048, gt=0)  # mmseg Resize img_scale=(2048, 448), keep_ratio
+    sliding: bool = True
+    window: int = Field(448, gt=0)
+    stride: int = Field(224, gt=0)
+    size_divisor: int = Field(32, gt=0)  # windows are zero-padded (in normalised space) to this
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    batch_size: int = Field(8, gt=0)  # windows per forward pass
+
+    @model_validator(mode="after")
+    def _check(self) -> "SegmentConfig":
+        if self.stride > self.window:
+            raise ValueError(f"stride {self.stride} > window {self.window} leaves pixels uncovered")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+# ----------------------------------------------------------------------------- text side
+
+
+@dataclass
+class TextClassifier:
+    """Normalised text embeddings of every concept and the concept → class index."""
+
+    class_names: list[str]
+    concepts: list[str]
+    embeddings: Tensor  # [K, D], unit rows (mean over templates, renormalised)
+    concept_to_class: Tensor  # long [K]
+    templates: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to(self, device: torch.device | str) -> "TextClassifier":
+        return replace(self, embeddings=self.embeddings.to(device),
+                       concept_to_class=self.concept_to_class.to(device))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run in eval mode and restore each submodule's training flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def model_context_length(model: nn.Module) -> int:
+    """The text context length from ``model.config`` (or ``model.cfg``)."""
+    for name in ("config", "cfg"):
+        value = getattr(getattr(model, name, None), "context_length", None)
+        if value is not None:
+            return int(value)
+    raise SsegError("the model has no config.context_length (needed to tokenize prompts)")
+
+
+def default_tokenizer() -> Tokenizer:
+    try:
+        from sseg.models.text import tokenize
+    except ImportError as exc:
+        raise SsegError(f"no tokenizer given and sseg.models.text.tokenize is unavailable: {exc}") from None
+    return tokenize
+
+
+@torch.no_grad()
+def encode_texts(model: nn.Module, texts: Sequence[str], tokenizer: Tokenizer,
+                 device: torch.device, batch_size: int = 256) -> Tensor:
+    """Unit-normalised text features ``[len(texts), D]``."""
+    context_length = model_context_length(model)
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenizer(list(texts[start:start + batch_size]), context_length)
+        features = model.encode_text(torch.as_tensor(tokens).to(device))
+        chunks.append(F.normalize(features.float(), dim=-1))
+    return torch.cat(chunks)
+
+
+def build_text_classifier(model: nn.Module, classes: Any, templates: str | Sequence[str] = "clip",
+                          tokenizer: Tokenizer | None = None, device: torch.device | str | None = None,
+                          batch_size: int = 256) -> TextClassifier:
+    """Encode every (concept, template) prompt; a concept's embedding is the renormalised mean
+    of its unit-normalised template embeddings (CLIP's zero-shot prompt ensemble)."""
+    definitions: list[ClassDefinition] = parse_class_definitions(classes)
+    template_list = resolve_templates(templates)
+    device = torch.device(device) if device is not None else model_device(model)
+    tokenizer = tokenizer or default_tokenizer()
+    concepts = [c for d in definitions for c in d.concepts]
+    concept_to_class = [i for i, d in enumerate(definitions) for _ in d.concepts]
+    prompts = [t.format(c) for c in concepts for t in template_list]
+    with eval_mode(model):
+        features = encode_texts(model, prompts, tokenizer, device, batch_size)
+    per_concept = features.view(len(concepts), len(template_list), -1).mean(dim=1)
+    return TextClassifier(
+        class_names=[d.name for d in definitions],
+        concepts=concepts,
+        embeddings=F.normalize(per_concept, dim=-1),
+        concept_to_class=torch.tensor(concept_to_class, dtype=torch.long, device=device),
+        templates=template_list,
+    )
+
+
+# ----------------------------------------------------------------------------- mask side
+
+
+def temperature_scale(logit_scale: Tensor | float) -> Tensor:
+    """exp(log scale), clamped to <= 100 like CLIP."""
+    log_scale = torch.as_tensor(logit_scale, dtype=torch.float32).detach()
+    return log_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+
+def classify_masks(mask_features: Tensor, classifier: TextClassifier,
+                   logit_scale: Tensor | float) -> Tensor:
+    """Class probabilities ``[B, N, C]`` of each mask feature ``[B, N, D]``.
+
+    Cosine similarity to every concept × the learned temperature, softmax over *concepts*, then
+    each class takes the maximum over its concepts (SemiVL eq. 5). The class scores are not
+    renormalised: a class with many concepts is not favoured by it, and per-pixel scores are
+    normalised later where a probability is needed (the background threshold).
+    """
+    if mask_features.dim() != 3:
+        raise DataError(f"mask_features must be [B, N, D] (got shape {tuple(mask_features.shape)})")
+    embeddings = classifier.embeddings.to(mask_features.device, torch.float32)
+    if mask_features.shape[-1] != embeddings.shape[-1]:
+        raise DataError(f"mask feature dim {mask_features.shape[-1]} != text embedding dim "
+                        f"{embeddings.shape[-1]}")
+    features = F.normalize(mask_features.float(), dim=-1)
+    scale = temperature_scale(logit_scale).to(features.device)
+    concept_probs = (scale * features @ embeddings.T).softmax(dim=-1)  # [B, N, K]
+    b, n, _ = concept_probs.shape
+    index = classifier.concept_to_class.to(features.device).expand(b, n, -1)
+    out = concept_probs.new_zeros(b, n, classifier.num_classes)
+    return out.scatter_reduce(-1, index, concept_probs, reduce="amax", include_self=True)
+
+
+def semantic_inference(pred_masks: Tensor, class_probs: Tensor) -> Tensor:
+    """MaskFormer semantic scores ``[B, C, h, w] = Σ_q class_probs[b,q,c] · σ(pred_masks[b,q])``."""
+    if pred_masks.shape[:2] != class_probs.shape[:2]:
+        raise DataError(f"pred_masks {tuple(pred_masks.shape)} and class_probs "
+                        f"{tuple(class_probs.shape)} disagree on [B, N]")
+    return torch.einsum("bqc,bqhw->bchw", class_probs.float(), pred_masks.float().sigmoid())
+
+
+def normalise_scores(scores: Tensor, eps: float = 1e-12) -> Tensor:
+    """Per-pixel scores ``[..., C, H, W]`` scaled to sum to 1 over C."""
+    return scores / scores.sum(dim=-3, keepdim=True).clamp_min(eps)
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def sliding_windows(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """``(y0, y1, x0, x1)`` crops covering the image (mmseg's slide_inference grid).
+
+    All windows have the size ``min(window, height) × min(window, width)``; the last row and
+    column are shifted back to end at the image border.
+    """
+    def starts(size: int) -> list[int]:
+        crop = min(window, size)
+        count = max(size - crop + stride - 1, 0) // stride + 1
+        return sorted({min(i * stride, size - crop) for i in range(count)})
+
+    win_h, win_w = min(window, height), min(window, width)
+    return [(y, y + win_h, x, x + win_w) for y in starts(height) for x in starts(width)]
+
+
+def resized_shape(height: int, width: int, short_side: int | None, max_long_side: int) -> tuple[int, int]:
+    """mmseg ``Resize(img_scale=(max_long_side, short_side), keep_ratio=True)``."""
+    if short_side is None:
+        return height, width
+    scale = min(short_side / min(height, width), max_long_side / max(height, width))
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def resize_maps(maps: Tensor, size: tuple[int, int], antialias: bool = False) -> Tensor:
+    """Bilinear resize of ``[B, C, h, w]``; ``antialias`` applies only when shrinking.
+
+    Images are shrunk with antialiasing; score maps are resized plainly like mmseg's
+    ``resize(seg_logit)`` (antialiasing 150 ADE20K channels costs ~0.4 s per image on a core).
+    """
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    shrinking = size[0] < maps.shape[-2] or size[1] < maps.shape[-1]
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False,
+                         antialias=antialias and shrinking)
+
+
+# ----------------------------------------------------------------------------- segmenter
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # [H, W] uint8 (int16 beyond 255 classes), ids into Segmenter.class_names
+    scores: Tensor | None  # [C_out, H, W] float32: normalised class probabilities; the
+    # background slot holds bg_thresh ("threshold") or 0 ("none")
+
+
+class Segmenter:
+    """Label maps for images of any size from a model and a text classifier."""
+
+    def __init__(self, model: nn.Module, classifier: TextClassifier, cfg: SegmentConfig | None = None,
+                 background_index: int | None = None) -> None:
+        self.model = model
+        self.cfg = cfg or SegmentConfig()
+        self.device = model_device(model)
+        self.classifier = classifier.to(self.device)
+        names = list(classifier.class_names)
+        lowered = [n.lower() for n in names]
+        mode = self.cfg.bg_mode
+        if mode == "class":
+            if "background" not in lowered:
+                raise ConfigError("bg_mode 'class' needs a class named 'background'")
+            position = lowered.index("background")
+            if background_index not in (None, position):
+                raise ConfigError(f"background_index {background_index} != position {position} "
+                                  "of the 'background' class")
+            self.background_index: int | None = position
+            self._slot: int | None = None
+        else:
+            if "background" in lowered:
+                raise ConfigError(f"bg_mode '{mode}' adds the background itself; remove the "
+                                  "'background' class from the text classes")
+            slot = background_index if background_index is not None else (0 if mode == "threshold" else None)
+            if slot is not None and not 0 <= slot <= len(names):
+                raise ConfigError(f"background_index {slot} is outside [0, {len(names)}]")
+            self.background_index = slot
+            self._slot = slot
+            if slot is not None:
+                names.insert(slot, "background")
+        self.class_names = names
+        self.mean = torch.tensor(self.cfg.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.cfg.std, device=self.device).view(1, 3, 1, 1)
+
+    @classmethod
+    def for_classes(cls, model: nn.Module, classes: Any, cfg: SegmentConfig | None = None,
+                    tokenizer: Tokenizer | None = None) -> "Segmenter":
+        """Build the classifier for a label space given as ``classes`` (e.g. a dataset's names).
+
+        With bg_mode "threshold" or "none", a class named "background" is taken out of the text
+        classes and its position becomes the background slot, so predicted label ids equal the
+        dataset's ids.
+        """
+        cfg = cfg or SegmentConfig()
+        definitions = parse_class_definitions(classes)
+        lowered = [d.name.lower() for d in definitions]
+        background_index = None
+        if cfg.bg_mode != "class" and "background" in lowered:
+            background_index = lowered.index("background")
+            definitions = [d for d in definitions if d.name.lower() != "background"]
+        classifier = build_text_classifier(model, definitions, cfg.templates, tokenizer,
+                                           model_device(model))
+        return cls(model, classifier, cfg, background_index)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # -- model calls
+
+    def _window_scores(self, windows: Tensor) -> Tensor:
+        """Raw semantic scores ``[B, C_text, h, w]`` of normalised windows ``[B, 3, h, w]``."""
+        h, w = windows.shape[-2:]
+        divisor = self.cfg.size_divisor
+        pad_h, pad_w = (-h) % divisor, (-w) % divisor
+        padded = F.pad(windows, (0, pad_w, 0, pad_h)) if pad_h or pad_w else windows
+        out = self.model.encode_image(padded)
+        if not isinstance(out, dict) or "pred_masks" not in out or "mask_features" not in out:
+            raise SsegError("model.encode_image must return a dict with 'pred_masks' and 'mask_features'")
+        class_probs = classify_masks(out["mask_features"], self.classifier, self.model.logit_scale)
+        scores = []
+        for i in range(padded.shape[0]):  # one window at a time: N full-size masks are large
+            masks = F.interpolate(out["pred_masks"][i:i + 1].float(), size=padded.shape[-2:],
+                                  mode="bilinear", align_corners=False)[..., :h, :w]
+            scores.append(semantic_inference(masks, class_probs[i:i + 1]))
+        return scores[0] if len(scores) == 1 else torch.cat(scores)
+
+    def _scores(self, image: Tensor) -> Tensor:
+        """Raw scores ``[C_text, h, w]`` of one normalised image ``[1, 3, h, w]``."""
+        height, width = image.shape[-2:]
+        if not self.cfg.sliding:
+            return self._window_scores(image)[0]
+        boxes = sliding_windows(height, width, self.cfg.window, self.cfg.stride)
+        total = image.new_zeros(self.classifier.num_classes, height, width)
+        count = image.new_zeros(1, height, width)
+        for start in range(0, len(boxes), self.cfg.batch_size):
+            batch = boxes[start:start + self.cfg.batch_size]
+            crops = torch.cat([image[..., y0:y1, x0:x1] for y0, y1, x0, x1 in batch])
+            for (y0, y1, x0, x1), scores in zip(batch, self._window_scores(crops)):
+                total[:, y0:y1, x0:x1] += scores
+                count[:, y0:y1, x0:x1] += 1
+        return total / count
+
+    # -- public API
+
+    def preprocess(self, image: np.ndarray) -> Tensor:
+        """uint8 ``[H, W, 3]`` → normalised, resized float ``[1, 3, h, w]`` on the model's device."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", None)
+            raise DataError(f"image must be a uint8 [H, W, 3] array (got shape {shape})")
+        if image.dtype != np.uint8:
+            raise DataError(f"image must be uint8 (got {image.dtype})")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise DataError(f"image is empty ({image.shape[1]}x{image.shape[0]})")
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        tensor = tensor.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        size = resized_shape(image.shape[0], image.shape[1], self.cfg.short_side, self.cfg.max_long_side)
+        tensor = resize_maps(tensor, size, antialias=True)
+        return (tensor - self.mean) / self.std
+
+    @torch.no_grad()
+    def score_map(self, image: np.ndarray, normalise: bool = True) -> Tensor:
+        """Per-pixel text-class scores ``[C_text, H, W]`` at the input size: probabilities
+        (summing to 1 per pixel), or with ``normalise=False`` the window-averaged MaskFormer
+        scores Σ_q p_q(c)·σ(m_q)."""
+        with eval_mode(self.model):
+            scores = self._scores(self.preprocess(image))
+        scores = resize_maps(scores.unsqueeze(0), image.shape[:2])[0]
+        return normalise_scores(scores.clamp_min(0)) if normalise else scores
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, return_scores: bool = True) -> Prediction:
+        raw = self.score_map(image, normalise=False).clamp_min_(0)
+        # argmax and "max probability < thresh" on the raw scores: max / sum < t ⇔ max < t · sum
+        best, label = raw.max(dim=0)
+        is_background = best < self.cfg.bg_thresh * raw.sum(dim=0).clamp_min(1e-12)
+        if self._slot is not None:
+            label = label + (label >= self._slot).to(label.dtype)
+            if self.cfg.bg_mode == "threshold":
+                label[is_background] = self._slot
+        dtype = np.uint8 if self.num_classes <= 255 else np.int16
+        labels = label.cpu().numpy().astype(dtype)
+        scores = None
+        if return_scores:
+            probs = normalise_scores(raw)
+            scores = probs
+            if self._slot is not None:
+                fill = self.cfg.bg_thresh if self.cfg.bg_mode == "threshold" else 0.0
+                background = probs.new_full((1, *probs.shape[1:]), fill)
+                scores = torch.cat([probs[:self._slot], background, probs[self._slot:]])
+            scores = scores.cpu()
+        return Prediction(labels=labels, scores=scores)

@@ -1,0 +1,50 @@
+"""Shared fixtures: one local Ray instance per test session, a tiny procedural world, an MLflow store."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("SSEG_PROGRESS_BARS", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+import sseg  # noqa: E402,F401 - torchvision fix before anything imports timm
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray instance shared by the tests that need one (2 CPUs, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}},
+                 log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A small procedural world (shards + VOC split) shared by the pipeline tests."""
+    from sseg.data.world import WorldConfig, generate_world
+
+    out = tmp_path_factory.mktemp("world")
+    config = WorldConfig(seed=3, image_size=64, num_train=96, num_val=24, shard_size=32)
+    generate_world(out, config)
+    return out
+
+
+@pytest.fixture()
+def mlflow_uri(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

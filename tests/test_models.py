@@ -1,0 +1,279 @@
+"""S-Seg model: shapes and contracts, known-answer checks of its parts, checkpoints, a training sanity run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sseg  # noqa: F401  (before timm / open_clip)
+from sseg.config import load_config
+from sseg.errors import CheckpointError, ConfigError, DataError
+from sseg.losses import SSegCriterion, pseudo_masks_to_targets
+from sseg.models import ModelConfig, SSegModel, mask_pooled_features, query_collapse, tiny_model_config, tokenize
+from sseg.models.backbones import TimmBackbone, TinyConvNet, build_backbone
+
+EOT = 49407
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> SSegModel:
+    torch.manual_seed(0)
+    return SSegModel(tiny_model_config()).eval()
+
+
+def test_tiny_forward_contract(tiny_model: SSegModel) -> None:
+    cfg = tiny_model.cfg
+    images = torch.randn(2, 3, 64, 64)
+    tokens = tokenize(["a red ball", "two dogs on grass"], cfg.context_length)
+    with torch.no_grad():
+        out = tiny_model(images, tokens)
+    assert out["pred_masks"].shape == (2, cfg.num_queries, 16, 16)
+    assert out["mask_features"].shape == (2, cfg.num_queries, cfg.embed_dim)
+    assert len(out["aux_outputs"]) == cfg.dec_layers - 1
+    for aux in out["aux_outputs"]:
+        assert aux["pred_masks"].shape == out["pred_masks"].shape
+        assert aux["mask_features"].shape == out["mask_features"].shape
+    torch.testing.assert_close(out["image_features"], out["mask_features"].mean(1))
+    assert out["text_features"].shape == (2, cfg.embed_dim)
+    assert out["logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-5)
+    # projected but not normalised
+    assert not torch.allclose(out["text_features"].norm(dim=-1), torch.ones(2))
+
+
+def test_masks_are_mask_embeddings_dot_per_pixel_features(tiny_model: SSegModel) -> None:
+    mf = tiny_model.maskformer
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = tiny_model.encode_image(images)
+        pixels = mf.pixel_decoder(mf.backbone(images))
+        queries = mf.decoder(mf.input_proj(pixels.decoder_memory))
+        embed = mf.mask_embed(queries[-1])  # [1,N,C]
+        manual = (embed[0] @ pixels.mask_features[0].flatten(1)).view(-1, 16, 16)
+        projected = tiny_model.image_projection(queries[-1])
+    assert pixels.mask_features.shape[-2:] == (16, 16)  # stride 4
+    torch.testing.assert_close(out["pred_masks"][0], manual, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out["mask_features"], projected)
+    assert queries.shape[0] == tiny_model.cfg.dec_layers
+
+
+def test_tokenizer_keeps_end_of_text_and_pads() -> None:
+    tokens = tokenize(["a cat", "word " * 50], context_length=8)
+    assert tokens.dtype == torch.int64 and tokens.shape == (2, 8)
+    assert tokens[0, 0].item() == 49406 and tokens[0].max().item() == EOT
+    assert tokens[0, -1].item() == 0  # padding
+    assert tokens[1, -1].item() == EOT  # truncated, end-of-text kept
+    with pytest.raises(DataError, match="list of strings"):
+        tokenize("a cat")  # type: ignore[arg-type]
+
+
+def test_text_features_pool_at_end_of_text(tiny_model: SSegModel) -> None:
+    cfg = tiny_model.cfg
+    tokens = tokenize(["a cat on a mat"], cfg.context_length)
+    eot_pos = int(tokens.argmax())
+    with torch.no_grad():
+        base = tiny_model.encode_text(tokens)
+        after = tokens.clone()
+        after[0, eot_pos + 1:] = 1234  # after <end>: invisible under the causal mask + eot pooling
+        before = tokens.clone()
+        before[0, eot_pos - 1] = 1234
+        short = tokens[:, : eot_pos + 1]  # padded back to context_length inside
+        manual_tokens = tiny_model.text_encoder.transformer
+        x, mask = manual_tokens._embeds(tokens)
+        hidden = manual_tokens.ln_final(manual_tokens.transformer(x, attn_mask=mask))
+        manual = tiny_model.text_encoder.projection(hidden[0, eot_pos])
+        torch.testing.assert_close(tiny_model.encode_text(after), base)
+        torch.testing.assert_close(tiny_model.encode_text(short), base)
+        assert not torch.allclose(tiny_model.encode_text(before), base)
+    torch.testing.assert_close(base[0], manual, rtol=1e-4, atol=1e-5)
+
+
+def test_text_input_errors(tiny_model: SSegModel) -> None:
+    cfg = tiny_model.cfg
+    with pytest.raises(DataError, match="context_length"):
+        tiny_model.encode_text(torch.zeros(1, cfg.context_length + 1, dtype=torch.long))
+    with pytest.raises(DataError, match="token ids"):
+        tiny_model.encode_text(torch.full((1, 4), cfg.vocab_size, dtype=torch.long))
+    with pytest.raises(DataError, match="integer tensor"):
+        tiny_model.encode_text(torch.zeros(1, 4))
+
+
+def test_image_size_must_be_multiple_of_32(tiny_model: SSegModel) -> None:
+    with pytest.raises(DataError, match="multiples of 32"):
+        tiny_model.encode_image(torch.randn(1, 3, 48, 64))
+
+
+def test_mask_pooled_features_hand_case() -> None:
+    pixel = torch.tensor([[[[1.0, 3.0]], [[10.0, 20.0]]]])  # [1, C=2, 1, 2]
+    logits = torch.tensor([[[[0.0, 0.0]], [[100.0, -100.0]]]])  # mask 0: uniform; mask 1: left pixel
+    pooled = mask_pooled_features(pixel, logits)
+    torch.testing.assert_close(pooled, torch.tensor([[[2.0, 15.0], [1.0, 10.0]]]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("source", ["query", "pooled"])
+def test_mask_feature_source_gradients(source: str) -> None:
+    torch.manual_seed(0)
+    model = SSegModel(tiny_model_config(mask_feature_source=source, dec_layers=2))
+    out = model.encode_image(torch.randn(2, 3, 64, 64))
+    out["mask_features"].sum().backward()
+    mask_embed_grad = model.maskformer.mask_embed.layers[0].weight.grad
+    decoder_grad = model.maskformer.decoder.layers[-1].ffn.linear2.weight.grad
+    if source == "pooled":
+        # pooling weights are detached: the feature path trains the semantic map, not masks/queries
+        assert mask_embed_grad is None and decoder_grad is None
+        assert model.semantic_proj.weight.grad.abs().sum() > 0
+    else:
+        assert mask_embed_grad is None and decoder_grad.abs().sum() > 0
+        assert not hasattr(model, "semantic_proj")
+
+
+def test_logit_scale_clamp() -> None:
+    model = SSegModel(tiny_model_config(text_layers=1, dec_layers=1))
+    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    with torch.no_grad():
+        model.logit_scale.fill_(7.0)
+    assert model.current_logit_scale().item() == pytest.approx(100.0, rel=1e-5)
+    model.clamp_logit_scale_()
+    assert model.logit_scale.item() == pytest.approx(math.log(100.0))
+
+
+def test_query_collapse_known_answers() -> None:
+    same = torch.ones(2, 4, 3)
+    assert query_collapse(same) == pytest.approx(1.0)
+    orthogonal = torch.eye(4).unsqueeze(0) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1)
+    assert query_collapse(orthogonal) == pytest.approx(0.0, abs=1e-7)
+    torch.manual_seed(0)
+    feats = torch.randn(3, 5, 6)
+    per_image = []
+    for image in feats:
+        pairs = [torch.cosine_similarity(image[i], image[j], dim=0).item()
+                 for i in range(5) for j in range(5) if i != j]
+        per_image.append(sum(pairs) / len(pairs))
+    assert query_collapse(feats) == pytest.approx(sum(per_image) / 3, rel=1e-5)
+    with pytest.raises(DataError):
+        query_collapse(torch.randn(2, 1, 4))
+
+
+# ---------------------------------------------------------------- backbones and checkpoints
+
+
+def test_tiny_convnet_strides_and_widths() -> None:
+    net = TinyConvNet((8, 16, 24, 32))
+    feats = net(torch.randn(1, 3, 64, 96))
+    assert [f.shape[1] for f in feats] == [8, 16, 24, 32] == net.out_channels
+    assert [(64 // f.shape[2], 96 // f.shape[3]) for f in feats] == [(4, 4), (8, 8), (16, 16), (32, 32)]
+
+
+def test_timm_backbone_gives_nchw_at_four_strides() -> None:
+    net = TimmBackbone("resnet18", image_size=64)
+    feats = net(torch.randn(1, 3, 64, 64))
+    assert net.out_channels == [64, 128, 256, 512]
+    assert [tuple(f.shape[1:]) for f in feats] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
+
+
+def test_backbone_config_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        build_backbone(tiny_model_config(backbone="no_such_net"))
+    with pytest.raises(ConfigError, match="strides 4, 8, 16, 32"):
+        build_backbone(tiny_model_config(backbone="vit_tiny_patch16_224"))
+
+
+def test_tiny_backbone_checkpoint_round_trip_and_errors(tmp_path) -> None:
+    cfg = tiny_model_config()
+    source = build_backbone(cfg)
+    path = tmp_path / "tiny.pt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    loaded = build_backbone(cfg.model_copy(update={"backbone_checkpoint": str(path)}))
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+
+    other = tmp_path / "other.pt"
+    torch.save(TinyConvNet((8, 16, 24, 32)).state_dict(), other)
+    with pytest.raises(CheckpointError, match="does not match"):
+        build_backbone(cfg.model_copy(update={"backbone_checkpoint": str(other)}))
+    with pytest.raises(CheckpointError, match="not found"):
+        build_backbone(cfg.model_copy(update={"backbone_checkpoint": str(tmp_path / "missing.pt")}))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        build_backbone(cfg.model_copy(update={"backbone_checkpoint": str(junk)}))
+
+
+def test_timm_backbone_checkpoint_is_loaded_strictly(tmp_path) -> None:
+    import timm
+
+    full = timm.create_model("resnet18", pretrained=False)  # with its classifier, as published
+    path = tmp_path / "r18.pth"
+    torch.save(full.state_dict(), path)
+    net = TimmBackbone("resnet18", image_size=64, checkpoint=str(path))
+    torch.testing.assert_close(net.model.state_dict()["layer4.1.conv2.weight"], full.state_dict()["layer4.1.conv2.weight"])
+    wrong = tmp_path / "wrong.pth"
+    torch.save(TinyConvNet().state_dict(), wrong)
+    with pytest.raises(CheckpointError, match="does not match"):
+        TimmBackbone("resnet18", image_size=64, checkpoint=str(wrong))
+
+
+# ---------------------------------------------------------------- config, variants, paper size
+
+
+def test_config_validation_gives_one_line_config_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="divisible by nheads"):
+        load_config(ModelConfig, overrides=["hidden_dim=100", "nheads=8"])
+    with pytest.raises(ConfigError, match="vocab_size"):
+        load_config(ModelConfig, overrides=["vocab_size=1000"])
+    with pytest.raises(ConfigError, match="mask_feature_source"):
+        load_config(ModelConfig, overrides=["mask_feature_source=avg"])
+    assert load_config(ModelConfig).num_queries == 64
+
+
+def test_pixel_decoder_transformer_encoder_variant() -> None:
+    model = SSegModel(tiny_model_config(pixel_decoder_encoder_layers=2, dec_layers=1))
+    out = model.encode_image(torch.randn(1, 3, 64, 64))
+    assert out["pred_masks"].shape == (1, 16, 16, 16)
+    assert len(model.maskformer.pixel_decoder.encoder) == 2
+    assert model.maskformer.input_proj.in_channels == model.cfg.mask_dim
+
+
+def test_paper_size_model_builds_and_runs() -> None:
+    cfg = ModelConfig()
+    assert (cfg.backbone, cfg.num_queries, cfg.dec_layers, cfg.hidden_dim, cfg.text_layers,
+            cfg.text_width, cfg.embed_dim) == ("swin_small_patch4_window7_224", 64, 6, 256, 12, 256, 256)
+    model = SSegModel(cfg).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 224, 224), tokenize(["a photo of a dog"], 77))
+    assert out["pred_masks"].shape == (1, 64, 56, 56)
+    assert out["mask_features"].shape == (1, 64, 256) and out["text_features"].shape == (1, 256)
+    assert len(out["aux_outputs"]) == 5
+
+
+@pytest.mark.parametrize("source", ["query", "pooled"])
+def test_a_few_steps_reduce_the_loss(source: str) -> None:
+    torch.manual_seed(0)
+    cfg = tiny_model_config(mask_feature_source=source, dec_layers=2, text_layers=2, num_queries=8)
+    model = SSegModel(cfg)
+    g = torch.Generator().manual_seed(1)
+    coarse = torch.randint(0, 4, (8, 4, 4), generator=g)
+    segments = coarse.repeat_interleave(16, 1).repeat_interleave(16, 2)
+    palette = torch.randn(4, 3, generator=g)
+    images = palette[segments].permute(0, 3, 1, 2) + 0.1 * torch.randn(8, 3, 64, 64, generator=g)
+    tokens = tokenize([f"caption number {i}" for i in range(8)], cfg.context_length)
+    targets = pseudo_masks_to_targets(segments, 4)
+    criterion = SSegCriterion()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    history = []
+    for step in range(12):
+        losses = criterion(model(images, tokens), targets)
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        if step == 0:  # DDP without find_unused_parameters needs every parameter in the graph
+            unused = [n for n, p in model.named_parameters() if p.grad is None]
+            assert not unused, unused
+        optimizer.step()
+        model.clamp_logit_scale_()
+        history.append({k: float(v) for k, v in losses.items()})
+    first, last = history[0], history[-1]
+    assert all(math.isfinite(h["loss"]) for h in history)
+    assert last["loss"] < 0.8 * first["loss"]
+    assert last["loss_contrastive"] < first["loss_contrastive"]
+    assert last["loss_mask"] < first["loss_mask"]

@@ -1,0 +1,337 @@
+"""Procedural captioned world: determinism, caption noise, class overlap, shard and VOC outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sseg  # noqa: F401  (before webdataset/ray pull in torchvision)
+from sseg.config import load_config
+from sseg.data.shards import ShardWriter
+from sseg.data.world import (
+    CLASS_SYNONYMS,
+    STUFF_CLASSES,
+    THING_CLASSES,
+    WORLD_CLASSES,
+    WorldConfig,
+    ensure_world,
+    generate_world,
+    mentioned_classes,
+    render_sample,
+    voc_id,
+)
+from sseg.data.world_voc import mark_boundaries, voc_colormap
+from sseg.data.world_vocab import plural
+from sseg.errors import ConfigError, DataError
+
+SMALL = WorldConfig(image_size=32, num_train=11, shard_size=4, num_val=5, num_labeled_train=3)
+NOISE_SAMPLES = 1000
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    return generate_world(tmp_path_factory.mktemp("world") / "w", SMALL)
+
+
+@pytest.fixture(scope="module")
+def many_samples():
+    config = WorldConfig(image_size=32)
+    return [render_sample(3, i, config) for i in range(NOISE_SAMPLES)]
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+def test_class_lists_and_synonyms():
+    assert WORLD_CLASSES == THING_CLASSES + STUFF_CLASSES
+    assert len(THING_CLASSES) >= 10 and len(STUFF_CLASSES) >= 3
+    assert len(set(WORLD_CLASSES)) == len(WORLD_CLASSES)
+    assert set(CLASS_SYNONYMS) == set(WORLD_CLASSES)
+    seen: dict[str, str] = {}
+    for name, synonyms in CLASS_SYNONYMS.items():
+        assert synonyms[0] == name
+        for word in synonyms:  # a word must name one class only, or mention parsing is ambiguous
+            assert seen.setdefault(word, name) == name
+            assert seen.setdefault(plural(word), name) == name
+
+
+def test_plural_and_mention_parsing():
+    assert [plural(w) for w in ("ball", "box", "fish", "daisy", "bush", "sky")] == [
+        "balls", "boxes", "fish", "daisies", "bushes", "skies"]
+    assert mentioned_classes("Two Boxes and a daisy by the LAKE, under grey clouds.") == {
+        "box", "flower", "water", "sky"}
+    assert mentioned_classes("a photo of something") == set()
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def test_render_sample_is_a_function_of_seed_split_index():
+    config = WorldConfig(image_size=48)
+    a = render_sample(7, 12, config)
+    render_sample(7, 3, config)  # rendering other samples in between changes nothing
+    b = render_sample(7, 12, config)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label) and a.caption == b.caption
+    assert a.image.shape == (48, 48, 3) and a.image.dtype == np.uint8
+    assert a.label.shape == (48, 48) and a.label.dtype == np.uint8
+    assert int(a.label.max()) < len(WORLD_CLASSES)
+    for other in (render_sample(7, 13, config), render_sample(8, 12, config), render_sample(7, 12, config, "val")):
+        assert not np.array_equal(a.image, other.image)
+
+
+def test_objects_are_the_classes_covering_the_minimum_area(many_samples):
+    config = WorldConfig(image_size=32)
+    for sample in many_samples[:100]:
+        counts = np.bincount(sample.label.ravel(), minlength=len(WORLD_CLASSES))
+        expected = tuple(n for i, n in enumerate(WORLD_CLASSES) if counts[i] >= config.min_pixels)
+        assert sample.objects == expected
+        assert any(n in STUFF_CLASSES for n in sample.objects)
+
+
+def test_every_class_appears(many_samples):
+    seen = set().union(*(s.objects for s in many_samples[:300]))
+    assert seen == set(WORLD_CLASSES)
+
+
+def test_classes_are_not_separable_by_mean_colour(many_samples):
+    from sklearn.neighbors import NearestCentroid
+
+    features, targets = [], []
+    for sample in many_samples[:600]:
+        for class_id in np.unique(sample.label):
+            pixels = sample.image[sample.label == class_id].astype(np.float64)
+            features.append(pixels.mean(axis=0))
+            targets.append(class_id)
+    features, targets = np.array(features), np.array(targets)
+    half = len(targets) // 2
+    accuracy = NearestCentroid().fit(features[:half], targets[:half]).score(features[half:], targets[half:])
+    assert accuracy < 0.8
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def test_caption_noise_rate_and_kind(many_samples):
+    noisy = 0
+    for sample in many_samples:
+        named = mentioned_classes(sample.caption)
+        assert named == set(sample.mentioned), sample.caption
+        differs = named != set(sample.objects)
+        assert differs == (sample.caption_noise != "none"), sample.caption
+        if differs:  # noise omits one present class or adds one absent class, never more
+            assert len(named ^ set(sample.objects)) == 1
+            if sample.caption_noise == "omit":
+                assert named < set(sample.objects)
+            else:
+                extra = (named - set(sample.objects)).pop()
+                assert WORLD_CLASSES.index(extra) not in set(np.unique(sample.label))
+        noisy += differs
+    assert abs(noisy / NOISE_SAMPLES - 0.2) < 0.05
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_caption_noise_extremes(rate):
+    config = WorldConfig(image_size=24, caption_noise=rate)
+    samples = [render_sample(0, i, config) for i in range(80)]
+    noisy = [mentioned_classes(s.caption) != set(s.objects) for s in samples]
+    assert all(noisy) if rate == 1.0 else not any(noisy)
+
+
+def test_captions_are_varied_and_prefer_canonical_names(many_samples):
+    captions = [s.caption for s in many_samples]
+    assert len(set(captions)) > 0.95 * len(captions)
+    assert len({c.split()[0].lower() for c in captions}) > 15  # varied openings / word order
+    words = [w for c in captions for w in c.lower().replace(",", " ").replace(".", " ").split()]
+    for name, synonyms in CLASS_SYNONYMS.items():
+        uses = {s: words.count(s) + (words.count(plural(s)) if plural(s) != s else 0) for s in synonyms}
+        assert max(uses, key=uses.get) == name, (name, uses)
+    assert any(w in words for w in ("two", "2", "three", "pair"))  # counts
+    assert any(w in words for w in ("rolls", "flies", "swims", "lying", "standing"))  # verbs
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def test_shards_have_img2dataset_layout(world):
+    root = world.root
+    assert [p.name for p in world.shard_paths] == ["00000.tar", "00001.tar", "00002.tar"]
+    assert world.counts == {"train": 11, "val": 5, "labeled_train": 3}
+    keys = []
+    for shard, path in enumerate(world.shard_paths):
+        stats = json.loads((root / "shards" / f"{shard:05d}_stats.json").read_text())
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+            assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.uname == "" and m.mode == 0o644
+                       for m in members)
+            files = {m.name: tar.extractfile(m).read() for m in members}
+        shard_keys = sorted({name.split(".")[0] for name in files})
+        assert stats["count"] == stats["successes"] == len(shard_keys)
+        for key in shard_keys:
+            jpg, txt = files[f"{key}.jpg"], files[f"{key}.txt"].decode()
+            meta = json.loads(files[f"{key}.json"])
+            index = int(key)
+            assert meta["key"] == key and len(key) == 9
+            assert meta["caption"] == txt == render_sample(0, index, SMALL).caption
+            assert meta["url"] == f"world://0/{index}" and meta["status"] == "success"
+            assert meta["sha256"] == hashlib.sha256(jpg).hexdigest()
+            assert meta["error_message"] is None and meta["exif"] is None
+            assert meta["width"] == meta["height"] == meta["original_width"] == meta["original_height"] == 32
+            assert Image.open(io.BytesIO(jpg)).size == (32, 32)
+        keys += shard_keys
+    assert keys == [f"{i:09d}" for i in range(11)]
+    summary = json.loads((root / "world.json").read_text())
+    assert summary["classes"] == list(WORLD_CLASSES) and summary["config"] == SMALL.model_dump(mode="json")
+    assert sum(summary["class_image_counts"]["train"].values()) > 0
+
+
+def test_shards_read_with_webdataset(world):
+    import webdataset as wds
+
+    samples = list(wds.WebDataset(world.shard_pattern, shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(11)]
+    for sample in samples:
+        assert {"jpg", "txt", "json"} <= set(sample)
+        assert json.loads(sample["json"])["caption"] == sample["txt"].decode()
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_shards_read_with_ray_data(world, ray_session):
+    rows = ray_session.data.read_webdataset([str(p) for p in world.shard_paths]).take_all()
+    assert sorted(r["__key__"] for r in rows) == [f"{i:09d}" for i in range(11)]
+    for row in rows:  # Ray's default decoder: jpg -> HxWx3 array, txt -> str, json -> dict
+        assert row["jpg"].shape == (32, 32, 3)
+        assert row["json"]["key"] == row["__key__"]
+        assert row["txt"] == row["json"]["caption"] == render_sample(0, int(row["__key__"]), SMALL).caption
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(world, tmp_path):
+    again = generate_world(tmp_path / "again", SMALL, workers=2)  # process count must not matter
+    assert _tree_bytes(again.root) == _tree_bytes(world.root)
+    other = generate_world(tmp_path / "other", SMALL.model_copy(update={"seed": 1}))
+    for mine, theirs in zip(world.shard_paths, other.shard_paths):
+        assert mine.read_bytes() != theirs.read_bytes()
+    assert (other.voc_root / "SegmentationClass" / "val_000000.png").read_bytes() != (
+        world.voc_root / "SegmentationClass" / "val_000000.png").read_bytes()
+
+
+def test_shard_writer_rejects_bad_keys(tmp_path):
+    with ShardWriter(tmp_path / "x.tar") as writer:
+        with pytest.raises(DataError):
+            writer.write("a.b", [("txt", b"x")])
+        writer.write("ok", [("txt", b"x")])
+    assert not (tmp_path / "x.tar.tmp").exists()
+    with tarfile.open(tmp_path / "x.tar") as tar:
+        assert tar.getnames() == ["ok.txt"]
+
+
+# ----------------------------------------------------------------------------- VOC split
+
+
+def test_voc_colormap_known_values():
+    colormap = voc_colormap()
+    assert colormap[0].tolist() == [0, 0, 0]
+    assert colormap[1].tolist() == [128, 0, 0]  # aeroplane
+    assert colormap[2].tolist() == [0, 128, 0]
+    assert colormap[15].tolist() == [192, 128, 128]  # person
+    assert colormap[255].tolist() == [224, 224, 192]  # void
+
+
+def test_mark_boundaries_hand_computed():
+    label = np.array([[0, 0, 1, 1],
+                      [0, 0, 1, 1],
+                      [2, 2, 2, 2],
+                      [2, 2, 2, 2]], dtype=np.uint8)
+    expected = np.array([[0, 255, 1, 1],
+                         [255, 255, 255, 255],
+                         [2, 2, 2, 2],
+                         [2, 2, 2, 2]], dtype=np.uint8)
+    assert np.array_equal(mark_boundaries(label), expected)
+
+
+def test_voc_split_loads_with_pil(world):
+    voc = world.voc_root
+    val_ids = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    train_ids = (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    assert val_ids == [voc_id("val", i) for i in range(5)] and len(train_ids) == 3
+    assert (voc / "class_names.txt").read_text().split("\n")[:-1] == list(WORLD_CLASSES)
+    allowed = set(range(len(WORLD_CLASSES))) | {255}
+    for split, ids in (("val", val_ids), ("labeled_train", train_ids)):
+        for index, name in enumerate(ids):
+            png = Image.open(voc / "SegmentationClass" / f"{name}.png")
+            assert png.mode == "P"
+            assert png.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
+            values = np.array(png)
+            assert set(np.unique(values)) <= allowed and 255 in values
+            expected = render_sample(SMALL.seed, index, SMALL, split)
+            assert np.array_equal(values, mark_boundaries(expected.label))
+            assert Image.open(voc / "JPEGImages" / f"{name}.jpg").size == (32, 32)
+    # Labelled images come from their own stream, not from the captioned training shards.
+    with tarfile.open(world.shard_paths[0]) as tar:
+        first_train_jpg = tar.extractfile("000000000.jpg").read()
+    assert (voc / "JPEGImages" / "val_000000.jpg").read_bytes() != first_train_jpg
+
+
+def test_voc_without_ignore_band(tmp_path):
+    config = SMALL.model_copy(update={"num_train": 1, "num_val": 2, "num_labeled_train": 0,
+                                      "ignore_boundaries": False})
+    summary = generate_world(tmp_path / "w", config)
+    values = np.array(Image.open(summary.voc_root / "SegmentationClass" / "val_000001.png"))
+    assert np.array_equal(values, render_sample(0, 1, config, "val").label)
+    assert not (summary.voc_root / "ImageSets" / "Segmentation" / "train.txt").exists()
+
+
+# ----------------------------------------------------------------------------- config / ensure
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="min_objects"):
+        load_config(WorldConfig, overrides=["min_objects=5", "max_objects=2"])
+    with pytest.raises(ConfigError, match="image_size"):
+        load_config(WorldConfig, overrides=["image_size=0"])
+    with pytest.raises(ConfigError, match="caption_noise"):
+        load_config(WorldConfig, overrides=["caption_noise=1.5"])
+    with pytest.raises(ConfigError, match="unknown config field"):
+        load_config(WorldConfig, overrides=["colour=red"])
+    assert SMALL.num_shards == 3
+    with pytest.raises(DataError, match="split"):
+        render_sample(0, 0, SMALL, "test")  # type: ignore[arg-type]
+
+
+def test_ensure_world_generates_once_and_regenerates_on_change(tmp_path):
+    config = WorldConfig(image_size=24, num_train=3, shard_size=2, num_val=1)
+    out = tmp_path / "world"
+    first = ensure_world(out, config)
+    assert first.generated and first.root == out and first.shard_paths[0].is_file()
+    stamp = (out / "world.json").stat().st_mtime_ns
+    second = ensure_world(out, config)
+    assert not second.generated and (out / "world.json").stat().st_mtime_ns == stamp
+    changed = ensure_world(out, config.model_copy(update={"num_train": 5}))
+    assert changed.generated and changed.counts["train"] == 5 and len(changed.shard_paths) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]  # no temp or stale dirs left
+    foreign = tmp_path / "not_a_world"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a generated world"):
+        ensure_world(foreign, config)
+    assert (foreign / "precious.txt").read_text() == "keep me"
