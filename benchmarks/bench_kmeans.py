@@ -108,8 +108,11 @@ def main() -> None:
             return result.centers.numpy(), result.n_iter.double().mean().item()
         return run
 
-    def sklearn_pp() -> tuple[np.ndarray, float]:
-        with threadpool_limits(threads):
+    def sklearn_pp(n_threads: int) -> Callable[[], tuple[np.ndarray, float]]:
+        return lambda: _sklearn_pp(n_threads)
+
+    def _sklearn_pp(n_threads: int) -> tuple[np.ndarray, float]:
+        with threadpool_limits(n_threads):
             fits = [KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=iters, random_state=args.seed + i)
                     .fit(xi) for i, xi in enumerate(x_np)]
         return np.stack([f.cluster_centers_ for f in fits]), float(np.mean([f.n_iter_ for f in fits]))
@@ -117,11 +120,11 @@ def main() -> None:
     greedy = 2 + int(np.log(k))
     cases += [
         Case("a", "ours k-means++ fp32", threads, ours_pp(None, 1), torch_threads(threads)),
+        Case("a", "ours k-means++ fp32", 1, ours_pp(None, 1), torch_threads(1)),
         Case("a", "ours k-means++ bf16 matmuls", threads, ours_pp(torch.bfloat16, 1), torch_threads(threads)),
         Case("a", f"ours greedy k-means++ ({greedy}) bf16", threads, ours_pp(torch.bfloat16, greedy),
              torch_threads(threads)),
-        Case("a", f"sklearn k-means++ ({greedy}) per image", threads, sklearn_pp),
-    ]
+    ] + [Case("a", f"sklearn k-means++ ({greedy}) per image", n, sklearn_pp(n)) for n in sorted({1, threads})]
 
     # (b) same initial centres, tol = 0
     init = kmeans_plus_plus(x, k, torch.Generator().manual_seed(args.seed))
@@ -133,8 +136,11 @@ def main() -> None:
             return result.centers.numpy(), result.n_iter.double().mean().item()
         return run
 
-    def sklearn_from() -> tuple[np.ndarray, float]:
-        with threadpool_limits(threads):
+    def sklearn_from(n_threads: int) -> Callable[[], tuple[np.ndarray, float]]:
+        return lambda: _sklearn_from(n_threads)
+
+    def _sklearn_from(n_threads: int) -> tuple[np.ndarray, float]:
+        with threadpool_limits(n_threads):
             fits = [KMeans(n_clusters=k, init=init_np[i], n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd")
                     .fit(xi) for i, xi in enumerate(x_np)]
         return np.stack([f.cluster_centers_ for f in fits]), float(np.mean([f.n_iter_ for f in fits]))
@@ -143,8 +149,7 @@ def main() -> None:
         Case("b", "ours fp32", threads, ours_from(None), torch_threads(threads)),
         Case("b", "ours bf16 matmuls", threads, ours_from(torch.bfloat16), torch_threads(threads)),
         Case("b", "ours fp32", 1, ours_from(None), torch_threads(1)),
-        Case("b", "sklearn lloyd per image", threads, sklearn_from),
-    ]
+    ] + [Case("b", "sklearn lloyd per image", n, sklearn_from(n)) for n in sorted({1, threads})]
     try:
         import faiss
     except ImportError:

@@ -94,7 +94,7 @@ class EvaluateBatch:
 def run_evaluation(checkpoint: str | Path, dataset: dict, segment: dict, class_names: list[str], *,
                    background_index: int | None = None, max_images: int | None = None,
                    num_actors: int = 1, gpus_per_actor: float = 0.0, batch_size: int = 16,
-                   keep_predictions: int = 0) -> dict:
+                   keep_predictions: int = 0, mask_quality: bool = True) -> dict:
     """Sum the confusion matrices of all actors; returns matrices, counts, images/s, kept examples."""
     from sseg.data.datasets import build_dataset
 
@@ -107,7 +107,7 @@ def run_evaluation(checkpoint: str | Path, dataset: dict, segment: dict, class_n
         EvaluateBatch,
         fn_constructor_kwargs=dict(checkpoint=str(checkpoint), dataset=dataset, segment=segment,
                                    class_names=class_names, background_index=background_index,
-                                   keep_predictions=keep_predictions),
+                                   keep_predictions=keep_predictions, mask_quality=mask_quality),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_actors),
         num_gpus=gpus_per_actor, batch_size=batch_size, batch_format="numpy")
     confusion = mask_confusion = None

@@ -53,14 +53,17 @@ def normalise_sample(sample: dict, shard: str) -> dict:
 
 
 def iterate_shard(stream, shard: str) -> Iterator[dict]:
-    """Rows of one tar stream; a broken stream ends with one row whose ``error`` names the reason."""
+    """Rows of one tar stream; a broken stream ends with one row whose ``error`` names the reason:
+    ``truncated_shard`` when samples were read before the break, else ``corrupt_shard``."""
+    read = 0
     try:
         files = _tar_file_iterator(stream)
         for sample in _group_by_keys(files, meta=dict(__url__=shard)):
             yield normalise_sample(sample, shard)
+            read += 1
     except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
-        reason = "truncated_shard" if isinstance(exc, (EOFError, tarfile.ReadError)) else "corrupt_shard"
-        log.warning("shard %s: %s (%s); samples before the break are kept", shard, reason, exc)
+        reason = "truncated_shard" if read else "corrupt_shard"
+        log.warning("shard %s: %s after %d samples (%s)", shard, reason, read, exc)
         yield _raw_row(f"{shard}#error", shard, None, None, None, reason)
 
 

@@ -121,3 +121,29 @@ def _tiny_model() -> ModelConfig:
     from sseg.models.config import tiny_model_config
 
     return tiny_model_config()
+
+
+def _segment_config():
+    from sseg.inference import SegmentConfig
+
+    return SegmentConfig
+
+
+class EvaluateConfig(StrictModel):
+    checkpoint: str | None = None  # path, or an MLflow run id of a pretraining run
+    dataset: Literal["voc", "context", "coco_object", "ade20k", "cityscapes", "world"] = "world"
+    root: str = "data/world/voc"
+    split: str = "val"
+    protocols: list[Literal["with_background", "without_background"]] = ["with_background",
+                                                                           "without_background"]
+    # For a dataset without a background class (the world), classes that count as background in the
+    # with-background protocol; the world's default is its stuff classes (VOC's background holds stuff too).
+    background_classes: list[str] | None = None
+    segment: dict = Field(default_factory=dict)  # SegmentConfig fields (templates, bg_thresh, window, ...)
+    max_images: int | None = Field(default=None, gt=0)
+    num_actors: int = Field(default=1, gt=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=8, gt=0)
+    pictures: int = Field(default=8, ge=0)
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig(experiment="sseg-eval")

@@ -10,7 +10,8 @@
 #
 # Settings (environment): VENV (default <repo>/.venv; falls back to `ray`/`mlflow` on PATH),
 # SSEG_CLUSTER_DIR (default <repo>/.cluster), RAY_PORT (6379), DASHBOARD_PORT (8265),
-# MLFLOW_PORT (5000), NUM_CPUS (nproc), START_TIMEOUT_S (120), RAY_AUTH_MODE (default disabled).
+# DASHBOARD_AGENT_PORT (first free port from 52365), MLFLOW_PORT (5000), NUM_CPUS (nproc),
+# START_TIMEOUT_S (120), RAY_AUTH_MODE (default disabled).
 #
 # Token auth: Ray 2.60 turns token auth on for clusters started by `ray.init()` (and for `ray
 # start` whenever a token file exists). Here every port listens on 127.0.0.1 only, so nobody off
@@ -30,6 +31,7 @@ CLUSTER_DIR=${SSEG_CLUSTER_DIR:-$REPO_ROOT/.cluster}
 HOST=127.0.0.1
 RAY_PORT=${RAY_PORT:-6379}
 DASHBOARD_PORT=${DASHBOARD_PORT:-8265}
+AGENT_PORT_FILE=$CLUSTER_DIR/agent.port
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 NUM_CPUS=${NUM_CPUS:-$(nproc)}
 START_TIMEOUT_S=${START_TIMEOUT_S:-120}
@@ -70,8 +72,18 @@ find_tool() {
     fi
 }
 
-pid_alive() {  # pid_alive <pidfile>
-    [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+RAY_COMMAND_MARK="ray start --head"
+MLFLOW_COMMAND_MARK="mlflow server"
+
+# pid_alive <pidfile> <command mark>: the recorded process runs and is still the one we started
+# (a stale pid file may name a pid that the system has since given to another program).
+pid_alive() {
+    [[ -f "$1" ]] || return 1
+    local pid args
+    pid=$(cat "$1")
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    args=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
+    [[ "$args" == *"$2"* ]]
 }
 
 group_alive() {  # group_alive <pgid>: any process of the group that is not a zombie
@@ -81,6 +93,31 @@ group_alive() {  # group_alive <pgid>: any process of the group that is not a zo
 port_in_use() {
     (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
 }
+
+port_free_or_fail() {  # port_free_or_fail <port> <variable that sets it>
+    if port_in_use "$1"; then
+        log "error: port $1 is in use by another process (set $2)"
+        return 1
+    fi
+}
+
+# Ray's default agent port (52365) is taken by any other Ray instance on this machine (a test's
+# ray.init(), say), so unless DASHBOARD_AGENT_PORT is given, take the first free one from there.
+choose_agent_port() {
+    if [[ -n "${DASHBOARD_AGENT_PORT:-}" ]]; then
+        port_free_or_fail "$DASHBOARD_AGENT_PORT" DASHBOARD_AGENT_PORT || return 1
+        echo "$DASHBOARD_AGENT_PORT"
+        return 0
+    fi
+    local port
+    for port in $(seq 52365 52464); do
+        if ! port_in_use "$port"; then echo "$port"; return 0; fi
+    done
+    log "error: no free port in 52365-52464 for the dashboard agent (set DASHBOARD_AGENT_PORT)"
+    return 1
+}
+
+agent_port() { cat "$AGENT_PORT_FILE" 2>/dev/null || echo "${DASHBOARD_AGENT_PORT:-52365}"; }
 
 auth_header_args() {
     if [[ "$AUTH_MODE" == token ]]; then
@@ -96,19 +133,22 @@ http_ok() {  # http_ok <url> [curl args...]
     curl --silent --fail --max-time 3 "$@" "$url" >/dev/null 2>&1
 }
 
+# The dashboard answering is not enough: `ray job submit` also needs the head's dashboard agent
+# (it runs the job supervisor), which registers a few seconds later.
 ray_answers() {
     local args=()
     mapfile -t args < <(auth_header_args)
-    http_ok "$DASHBOARD_URL/api/version" "${args[@]}"
+    http_ok "$DASHBOARD_URL/api/version" "${args[@]}" \
+        && http_ok "http://$HOST:$(agent_port)/api/local_raylet_healthz"
 }
 
 mlflow_answers() { http_ok "$MLFLOW_URL/health"; }
 
-wait_until() {  # wait_until <description> <pidfile> <log> <check command...>
-    local what=$1 pid_file=$2 log_file=$3; shift 3
+wait_until() {  # wait_until <description> <pidfile> <command mark> <log> <check command...>
+    local what=$1 pid_file=$2 mark=$3 log_file=$4; shift 4
     local deadline=$((SECONDS + START_TIMEOUT_S))
     until "$@"; do
-        if ! pid_alive "$pid_file"; then
+        if ! pid_alive "$pid_file" "$mark"; then
             log "$what exited during start-up; last lines of $log_file:"
             tail -n 30 "$log_file" >&2 || true
             return 1
@@ -122,11 +162,12 @@ wait_until() {  # wait_until <description> <pidfile> <log> <check command...>
     done
 }
 
-stop_group() {  # stop_group <name> <pidfile>: SIGTERM the process group, SIGKILL after a grace period
-    local name=$1 pid_file=$2 pid
+# stop_group <name> <pidfile> <command mark>: SIGTERM the process group, SIGKILL after a grace period
+stop_group() {
+    local name=$1 pid_file=$2 mark=$3 pid
     [[ -f "$pid_file" ]] || return 0
     pid=$(cat "$pid_file")
-    if kill -0 "$pid" 2>/dev/null; then
+    if pid_alive "$pid_file" "$mark"; then
         log "stopping $name (process group $pid)"
         kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
         local deadline=$((SECONDS + STOP_TIMEOUT_S))
@@ -142,14 +183,17 @@ stop_group() {  # stop_group <name> <pidfile>: SIGTERM the process group, SIGKIL
 }
 
 start_ray() {
-    if pid_alive "$RAY_PID_FILE"; then
+    if pid_alive "$RAY_PID_FILE" "$RAY_COMMAND_MARK"; then
         log "Ray head already running (pid $(cat "$RAY_PID_FILE"))"
         return 0
     fi
-    port_in_use "$RAY_PORT" && die "port $RAY_PORT is in use by another process (set RAY_PORT)"
-    port_in_use "$DASHBOARD_PORT" && die "port $DASHBOARD_PORT is in use by another process (set DASHBOARD_PORT)"
+    port_free_or_fail "$RAY_PORT" RAY_PORT || return 1
+    port_free_or_fail "$DASHBOARD_PORT" DASHBOARD_PORT || return 1
+    local agent
+    agent=$(choose_agent_port) || return 1
+    echo "$agent" >"$AGENT_PORT_FILE"
     auth_header_args >/dev/null  # fails early when token mode has no token
-    log "starting Ray head on $HOST:$RAY_PORT (dashboard $DASHBOARD_URL, $NUM_CPUS CPUs, auth $AUTH_MODE)"
+    log "starting Ray head on $HOST:$RAY_PORT (dashboard $DASHBOARD_URL, agent port $agent, $NUM_CPUS CPUs, auth $AUTH_MODE)"
     # Workers and job drivers inherit this environment: `python` in a job's entrypoint is the
     # venv's, and jobs log to the local MLflow server.
     # setsid: a process group of our own, so that `stop` reaches exactly these processes.
@@ -159,18 +203,19 @@ start_ray() {
         setsid "$RAY" start --head --block \
         --node-ip-address "$HOST" --port "$RAY_PORT" \
         --dashboard-host "$HOST" --dashboard-port "$DASHBOARD_PORT" \
+        --dashboard-agent-listen-port "$agent" \
         --num-cpus "$NUM_CPUS" --temp-dir "$(ray_temp_dir)" --disable-usage-stats \
         >"$RAY_LOG" 2>&1 </dev/null &
     echo $! >"$RAY_PID_FILE"
-    wait_until "Ray head" "$RAY_PID_FILE" "$RAY_LOG" ray_answers
+    wait_until "Ray head" "$RAY_PID_FILE" "$RAY_COMMAND_MARK" "$RAY_LOG" ray_answers
 }
 
 start_mlflow() {
-    if pid_alive "$MLFLOW_PID_FILE"; then
+    if pid_alive "$MLFLOW_PID_FILE" "$MLFLOW_COMMAND_MARK"; then
         log "MLflow server already running (pid $(cat "$MLFLOW_PID_FILE"))"
         return 0
     fi
-    port_in_use "$MLFLOW_PORT" && die "port $MLFLOW_PORT is in use by another process (set MLFLOW_PORT)"
+    port_free_or_fail "$MLFLOW_PORT" MLFLOW_PORT || return 1
     log "starting MLflow server on $MLFLOW_URL (store $CLUSTER_DIR/mlflow.db)"
     mkdir -p "$CLUSTER_DIR/mlartifacts"
     env MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
@@ -179,7 +224,7 @@ start_mlflow() {
         --artifacts-destination "$CLUSTER_DIR/mlartifacts" --workers 1 \
         >"$MLFLOW_LOG" 2>&1 </dev/null &
     echo $! >"$MLFLOW_PID_FILE"
-    wait_until "MLflow server" "$MLFLOW_PID_FILE" "$MLFLOW_LOG" mlflow_answers
+    wait_until "MLflow server" "$MLFLOW_PID_FILE" "$MLFLOW_COMMAND_MARK" "$MLFLOW_LOG" mlflow_answers
 }
 
 print_env() {
@@ -199,20 +244,21 @@ cmd_start() {
 }
 
 cmd_stop() {
-    stop_group "MLflow server" "$MLFLOW_PID_FILE"
-    stop_group "Ray head" "$RAY_PID_FILE"
+    stop_group "MLflow server" "$MLFLOW_PID_FILE" "$MLFLOW_COMMAND_MARK"
+    stop_group "Ray head" "$RAY_PID_FILE" "$RAY_COMMAND_MARK"
+    rm -f "$AGENT_PORT_FILE"
 }
 
 cmd_status() {
     local up=0 running=0
-    if pid_alive "$RAY_PID_FILE"; then
+    if pid_alive "$RAY_PID_FILE" "$RAY_COMMAND_MARK"; then
         running=$((running + 1))
         if ray_answers; then up=$((up + 1)); log "Ray head: up ($DASHBOARD_URL, pid $(cat "$RAY_PID_FILE"))"
         else log "Ray head: running (pid $(cat "$RAY_PID_FILE")) but $DASHBOARD_URL does not answer"; fi
     else
         log "Ray head: stopped"
     fi
-    if pid_alive "$MLFLOW_PID_FILE"; then
+    if pid_alive "$MLFLOW_PID_FILE" "$MLFLOW_COMMAND_MARK"; then
         running=$((running + 1))
         if mlflow_answers; then up=$((up + 1)); log "MLflow server: up ($MLFLOW_URL, pid $(cat "$MLFLOW_PID_FILE"))"
         else log "MLflow server: running (pid $(cat "$MLFLOW_PID_FILE")) but $MLFLOW_URL does not answer"; fi

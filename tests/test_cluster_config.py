@@ -4,6 +4,7 @@ resources, autoscaling bounds and start commands are what the README promises.""
 from __future__ import annotations
 
 import copy
+import fnmatch
 import re
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,9 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CONFIG_PATH = Path(__file__).resolve().parents[1] / "ray_cluster.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_PATH = ROOT / "ray_cluster.yaml"
+SOURCE_DIRS = ["sseg", "pipelines", "jobs", "schemas", "configs", "scripts"]
 
 # vCPUs and GPUs of the AWS instance types the config may use (AWS instance-type pages).
 INSTANCE_HARDWARE = {
@@ -140,3 +143,26 @@ def test_worker_start_commands(prepared_config):
     assert "RAY_AUTH_MODE=token" in start
     assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in start
     assert "OMP_WAIT_POLICY=PASSIVE" in start
+
+
+def _rsync_excludes(pattern: str, relative_path: str) -> bool:
+    """rsync's rule for a pattern without "/" inside: it matches any path component; a leading
+    "/" anchors it to the transfer root."""
+    if pattern.startswith("/"):
+        anchored = pattern.lstrip("/")
+        return relative_path == anchored or relative_path.startswith(anchored + "/")
+    return any(fnmatch.fnmatchcase(part, pattern) for part in relative_path.split("/"))
+
+
+def test_rsync_excludes_keep_every_source_file(prepared_config):
+    patterns = prepared_config["rsync_exclude"]
+    assert "rsync_filter" not in prepared_config or not prepared_config["rsync_filter"]
+    sources = [path.relative_to(ROOT).as_posix() for folder in SOURCE_DIRS
+               for path in (ROOT / folder).rglob("*")
+               if path.is_file() and "__pycache__" not in path.parts]
+    sources += ["pyproject.toml", "constraints.txt"]
+    dropped = [(src, pat) for src in sources for pat in patterns if _rsync_excludes(pat, src)]
+    assert dropped == []
+    for local_only in [".venv/bin/python", ".cluster/mlflow.db", "data/shards/000.tar",
+                       "tests/artifacts/shot.png", "sseg/__pycache__/x.pyc"]:
+        assert any(_rsync_excludes(p, local_only) for p in patterns), local_only

@@ -271,7 +271,7 @@ def test_a_few_steps_reduce_the_loss(source: str) -> None:
             assert not unused, unused
         optimizer.step()
         model.clamp_logit_scale_()
-        history.append({k: float(v) for k, v in losses.items()})
+        history.append({k: float(v.detach()) for k, v in losses.items()})
     first, last = history[0], history[-1]
     assert all(math.isfinite(h["loss"]) for h in history)
     assert last["loss"] < 0.8 * first["loss"]

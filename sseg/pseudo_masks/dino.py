@@ -127,8 +127,7 @@ def load_into_vit(model: nn.Module, state: dict[str, Tensor], source: str | Path
 class _LastBlockKeys:
     """Forward hook on the last block's qkv projection that keeps the attention keys."""
 
-    def __init__(self, num_heads: int) -> None:
-        self.num_heads = num_heads
+    def __init__(self) -> None:
         self.keys: Tensor | None = None
 
     def __call__(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
@@ -163,7 +162,7 @@ class DinoKMeansGenerator(PseudoMaskGenerator):
             load_into_vit(self.model, state, path)
             self.weights_id = file_digest(path)
         self.model.eval().requires_grad_(False).to(self.device)
-        self.keys_hook = _LastBlockKeys(self.model.blocks[-1].attn.num_heads)
+        self.keys_hook = _LastBlockKeys()
         if config.dino_feature == "keys":
             self.model.blocks[-1].attn.qkv.register_forward_hook(self.keys_hook)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)

@@ -38,7 +38,8 @@ class PseudoMaskConfig(StrictModel):
     # Only for tests / smoke runs: a randomly initialised ViT gives meaningless masks.
     dino_allow_random_init: bool = False
     pixel_stride: int = Field(default=2, ge=1)
-    pixel_position_weight: float = Field(default=0.5, ge=0)
+    # Tuned on the procedural world (64 px, val): 0.15 -> oracle mIoU 79% at stride 1, 70% at 2.
+    pixel_position_weight: float = Field(default=0.15, ge=0)
     # "auto": nearest for pixel (already near full resolution), bilinear-on-one-hot for dino.
     upsample: Literal["auto", "nearest", "bilinear"] = "auto"
     device: str = "auto"  # "auto" = cuda if available, else cpu

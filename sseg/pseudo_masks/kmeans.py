@@ -93,17 +93,19 @@ class _SeedingDraws:
         return _SeedingDraws(self.first[start:stop], self.trials[:, start:stop])
 
 
-def _seed_centres(x: Tensor, x_sq: Tensor, k: int, draws: _SeedingDraws) -> Tensor:
+def _seed_centres(x: Tensor, x_dist: Tensor, x_sq: Tensor, k: int, draws: _SeedingDraws) -> Tensor:
+    """k-means++ on one chunk; distances use ``x_dist`` (``x`` or a low-precision copy of it),
+    centres are exact points of ``x``."""
     batch, points, dims = x.shape
     rows = torch.arange(batch, device=x.device)
     centers = x.new_empty(batch, k, dims)
     centers[:, 0] = x[rows, (draws.first * points).long().clamp_max(points - 1)]
-    closest = _squared_distances(x, x_sq, centers[:, :1]).squeeze(2)  # [B, P]
+    closest = _squared_distances(x_dist, x_sq, centers[:, :1]).squeeze(2)  # [B, P]
     for j in range(1, k):
         candidates = _sample_rows(closest, draws.trials[j - 1])  # [B, L]
         candidate_points = x[rows.unsqueeze(1), candidates]  # [B, L, D]
         # Nearest-centre distances if each candidate were added: [B, P, L].
-        with_candidate = torch.minimum(closest.unsqueeze(2), _squared_distances(x, x_sq, candidate_points))
+        with_candidate = torch.minimum(closest.unsqueeze(2), _squared_distances(x_dist, x_sq, candidate_points))
         best = with_candidate.sum(dim=1).argmin(dim=1)  # [B]
         centers[:, j] = candidate_points[rows, best]
         closest = with_candidate[rows, :, best]
@@ -119,12 +121,12 @@ def kmeans_plus_plus(
     proportional to its squared distance to the nearest centre chosen so far (D² sampling).
     With ``n_local_trials`` > 1 (greedy k-means++, scikit-learn's default 2 + ln k), that many
     candidates are drawn and the one that lowers the total squared distance most is kept.
-    Same seeds as ``batched_kmeans`` picks with the same generator state.
+    Same seeds as ``batched_kmeans`` (float32 distances) picks with the same generator state.
     """
     _check_input(x, k, 1, 0.0, None)
     x = x.float().contiguous()
     draws = _SeedingDraws.draw(x.shape[0], k, n_local_trials, generator, x.device)
-    return _seed_centres(x, _squared_norms(x), k, draws)
+    return _seed_centres(x, x, _squared_norms(x), k, draws)
 
 
 def _squared_distances(x: Tensor, x_sq: Tensor, centers: Tensor) -> Tensor:
@@ -175,18 +177,26 @@ def _relocate_empty_clusters(
 
 
 def _assign(x: Tensor, x_sq: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
-    """Nearest centre of every point and its squared distance: labels [B, P], dist [B, P]."""
-    min_dist, labels = _squared_distances(x, x_sq, centers).min(dim=2)
-    return labels, min_dist
+    """Nearest centre of every point and its squared distance: labels [B, P], dist [B, P].
+
+    ||x||² is the same for every centre, so the argmin needs only ||c||² - 2 c·x (one fused
+    baddbmm in float32), laid out [B, k, P] so that the min over k runs along whole rows of P;
+    ||x||² is added to the [B, P] minimum alone.
+    """
+    c_sq = centers.pow(2).sum(-1).unsqueeze(2)  # [B, k, 1]
+    if x.dtype == torch.float32:
+        partial = torch.baddbmm(c_sq, centers, x.transpose(1, 2), alpha=-2.0)
+    else:
+        partial = c_sq - 2.0 * torch.bmm(centers.to(x.dtype), x.transpose(1, 2)).float()
+    min_partial, labels = partial.min(dim=1)
+    return labels, (min_partial + x_sq).clamp_min_(0)
 
 
-def _lloyd(
-    x: Tensor, x_sq: Tensor, centers: Tensor, tolerance: Tensor, max_iter: int, low_dtype: torch.dtype | None
-) -> KMeansResult:
-    """Lloyd iterations for one chunk of batch elements (see :func:`batched_kmeans`)."""
+def _lloyd(x: Tensor, x_loop: Tensor, x_sq: Tensor, centers: Tensor, tolerance: Tensor, max_iter: int) -> KMeansResult:
+    """Lloyd iterations for one chunk of batch elements (see :func:`batched_kmeans`); the loop's
+    matrix products use ``x_loop`` (``x`` or a low-precision copy), the final assignment ``x``."""
     batch, points, _ = x.shape
     k = centers.shape[1]
-    x_loop = x if low_dtype in (None, x.dtype) else x.to(low_dtype)
     active = torch.ones(batch, dtype=torch.bool, device=x.device)
     n_iter = torch.zeros(batch, dtype=torch.long, device=x.device)
     labels_old = torch.full((batch, points), -1, dtype=torch.long, device=x.device)
@@ -221,13 +231,14 @@ def _mean_variance(x: Tensor, x_sq: Tensor) -> Tensor:
     return (mean_sq - sq_mean).clamp_min(0).float()
 
 
-def default_chunk_size(x: Tensor, cache_bytes: int = 8 << 20) -> int:
-    """Batch elements per Lloyd chunk: on CPU as many as fit ``cache_bytes`` (float32), so a
-    chunk stays in cache over all its iterations; on GPU the whole batch."""
+def default_chunk_size(x: Tensor, k: int, cache_bytes: int = 8 << 20) -> int:
+    """Batch elements per chunk: on CPU as many as keep the float32 points and the [P, k]
+    distances within ``cache_bytes``, so a chunk stays in cache through all its iterations; on
+    GPU the whole batch."""
     if x.device.type != "cpu":
         return x.shape[0]
-    per_element = x.shape[1] * x.shape[2] * 4
-    return max(1, min(x.shape[0], cache_bytes // max(per_element, 1)))
+    per_element = x.shape[1] * (x.shape[2] + k) * 4
+    return max(1, min(x.shape[0], cache_bytes // per_element))
 
 
 def batched_kmeans(
@@ -251,10 +262,10 @@ def batched_kmeans(
             centre shift is <= tol * mean over dimensions of its points' variance.
         generator: random source for k-means++ (a CPU generator also works for CUDA data).
         init: initial centres [B, k, D]; skips k-means++ when given.
-        distance_dtype: precision of the Lloyd loop's two matrix products, point-centre
-            distances and centre sums (e.g. torch.bfloat16: about 2x faster on GPUs and on CPUs
-            with AVX512-BF16/AMX, centres exact to ~3 significant digits). The final
-            assignment and the inertia are always float32.
+        distance_dtype: precision of the matrix products of seeding and the Lloyd loop
+            (point-centre distances and centre sums), e.g. torch.bfloat16: about 2x faster on
+            GPUs and on CPUs with AVX512-BF16/AMX; centres are then exact to ~3 significant
+            digits. The final assignment and the inertia are always float32.
         n_local_trials: k-means++ candidates per centre; 1 is standard k-means++, scikit-learn's
             greedy variant uses 2 + ln(k) (better seeds, each trial one more distance pass).
         chunk_size: batch elements iterated together; the default keeps a CPU chunk in cache
@@ -268,7 +279,7 @@ def batched_kmeans(
     x = x.float().contiguous()
     batch = x.shape[0]
     draws = None if init is not None else _SeedingDraws.draw(batch, k, n_local_trials, generator, x.device)
-    step = chunk_size or default_chunk_size(x)
+    step = chunk_size or default_chunk_size(x, k)
     parts = []
     # Seeding and all iterations of one chunk run back to back, while its points are in cache.
     for start in range(0, batch, step):
@@ -276,11 +287,12 @@ def batched_kmeans(
         x_sq = _squared_norms(chunk)  # [C, P]
         if not bool(torch.isfinite(x_sq).all()):  # NaN/inf anywhere in a point shows in its norm
             raise DataError("batched_kmeans input holds NaN or infinite (or overflowing) values")
+        low = chunk if distance_dtype in (None, torch.float32) else chunk.to(distance_dtype)
         if draws is None:
             centers = init[start : start + step].to(x.device).float().clone()
         else:
-            centers = _seed_centres(chunk, x_sq, k, draws.chunk(start, start + step))
-        parts.append(_lloyd(chunk, x_sq, centers, tol * _mean_variance(chunk, x_sq), max_iter, distance_dtype))
+            centers = _seed_centres(chunk, low, x_sq, k, draws.chunk(start, start + step))
+        parts.append(_lloyd(chunk, low, x_sq, centers, tol * _mean_variance(chunk, x_sq), max_iter))
     if len(parts) == 1:
         return parts[0]
     fields = ("labels", "centers", "inertia", "n_iter")

@@ -56,8 +56,8 @@ def pixel_features(images: Tensor, stride: int, position_weight: float) -> Tenso
     """uint8 [B, H, W, 3] -> features [B, h, w, 5] on the ceil(H/stride) x ceil(W/stride) grid.
 
     Features are (L, a, b) / 100 and position_weight * (y, x), positions scaled so that the
-    longer side of the image spans [0, 1]: with weight 0.5, crossing the whole image weighs as
-    much as a 50-unit Lab colour difference.
+    longer side of the image spans [0, 1]: with weight 0.15, crossing the whole image weighs as
+    much as a 15-unit Lab colour difference.
     """
     batch, height, width, _ = images.shape
     grid_h, grid_w = -(-height // stride), -(-width // stride)

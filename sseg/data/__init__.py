@@ -1,0 +1,1 @@
+"""Data: caption processing, transforms, the procedural world, shard writing and readers."""

@@ -1,0 +1,150 @@
+"""Ray Data plane: shard resolution, corrupt shards skipped and counted, the pseudo-mask cache and its resume."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from sseg.errors import DataError
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def corrupt_shards(tmp_path, tiny_world):
+    """One good shard, a truncated one, a non-tar file and a shard with bad members."""
+    good = sorted((tiny_world / "shards").glob("*.tar"))[0]
+    shutil.copy(good, tmp_path / "00000.tar")
+    data = good.read_bytes()
+    (tmp_path / "00001.tar").write_bytes(data[: len(data) // 2 + 100])  # truncated mid-member
+    (tmp_path / "00002.tar").write_bytes(b"this is not a tar archive at all" * 40)
+    with tarfile.open(tmp_path / "00003.tar", "w") as tar:
+        _add(tar, "k0.jpg", _jpeg(0)); _add(tar, "k0.txt", b"a ball on the grass")  # noqa: E702
+        _add(tar, "k1.jpg", b"\xff\xd8 not really a jpeg"); _add(tar, "k1.txt", b"a box")  # noqa: E702
+        _add(tar, "k2.jpg", b""); _add(tar, "k2.txt", b"a cup")  # noqa: E702
+        _add(tar, "k3.jpg", _jpeg(3))  # no caption
+        _add(tar, "k4.txt", b"only a caption")  # no image
+        _add(tar, "k5.png", _png_gray16()); _add(tar, "k5.txt", b"a grey star")  # noqa: E702
+    return tmp_path
+
+
+def _png_gray16() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_resolve_shards_dir_glob_braces_and_missing(tiny_world):
+    from pipelines.shards import expand_braces, resolve_shards
+
+    shard_dir = tiny_world / "shards"
+    all_shards = resolve_shards(str(shard_dir))
+    assert len(all_shards) == 3 and all_shards == sorted(all_shards)
+    assert resolve_shards(str(shard_dir / "*.tar")) == all_shards
+    assert resolve_shards(str(shard_dir / "{00000..00002}.tar")) == all_shards
+    assert expand_braces("s3://b/{08..10}.tar") == ["s3://b/08.tar", "s3://b/09.tar", "s3://b/10.tar"]
+    assert resolve_shards(["s3://bucket/cc12m/00000.tar"]) == ["s3://bucket/cc12m/00000.tar"]
+    with pytest.raises(DataError, match="not found"):
+        resolve_shards(str(shard_dir / "nope.tar"))
+    with pytest.raises(DataError, match="no .tar shards"):
+        resolve_shards(str(shard_dir / "*.zip"))
+
+
+def test_corrupt_members_and_shards_are_skipped_and_counted(ray_session, corrupt_shards, tiny_world):
+    from pipelines import stats
+    from pipelines.shards import DecodeSamples, read_shards, resolve_shards
+
+    counter = stats.make_counter("test-corrupt")
+    ds = read_shards(resolve_shards(str(corrupt_shards))).map_batches(
+        DecodeSamples(32, "eval", counter=counter), batch_size=16, batch_format="numpy")
+    rows = ds.take_all()
+    skipped = stats.fetch(counter)
+    keys = Counter(r["shard"] for r in rows)
+    assert keys["00000.tar"] == 32  # the good shard is complete
+    assert 0 < keys["00001.tar"] < 32  # samples before the truncation are kept
+    assert {r["key"] for r in rows if r["shard"] == "00003.tar"} == {"k0", "k5"}
+    assert skipped == {"truncated_shard": 1, "corrupt_shard": 1, "undecodable_image": 1,
+                       "empty_image": 1, "missing_caption": 1, "missing_image": 1}
+    assert all(r["image"].shape == (32, 32, 3) and r["image"].dtype == np.uint8 for r in rows)
+    assert "ball" in next(r["words"] for r in rows if r["key"] == "k0").split()
+
+
+def _digest(paths) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def test_cache_job_writes_schema_skips_done_shards_and_counts(ray_session, tiny_world, tmp_path, mlflow_uri,
+                                                            capsys):
+    from jobs.pseudo_masks import main
+    from schemas.arrow import PSEUDO_MASK_SCHEMA, check_schema
+
+    cache = tmp_path / "cache"
+    args = ["world=null", f"data.shards={tiny_world / 'shards'}", "data.image_size=64",
+            f"cache_dir={cache}", f"labeled_split={tiny_world / 'voc'}", "shards_per_pass=2",
+            "pseudo_masks.max_iter=5"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["samples"] == 96 and first["shards_processed"] == 3 and first["skipped_total"] == 0
+    assert 0.0 < first["oracle_miou"] <= 1.0 and first["mlflow_run_id"]
+    files = sorted(cache.glob("*.parquet"))
+    assert len(files) == 3
+    table = pq.read_table(files[0])
+    check_schema(table.schema, PSEUDO_MASK_SCHEMA, str(files[0]))
+    row = table.slice(0, 1).to_pylist()[0]
+    mask = np.asarray(Image.open(io.BytesIO(row["mask_png"])))
+    assert mask.shape == (64, 64) and mask.max() < row["num_segments"] == 8
+    assert row["generator"] == "pixel" and row["words"] and row["caption"]
+    assert table.column("key").to_pylist() == sorted(table.column("key").to_pylist())
+    before = _digest(files)
+
+    assert main(args) == 0  # second run: nothing to do, files untouched
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second["shards_processed"] == 0 and second["samples"] == 0 and second["cache_rows"] == 96
+    assert _digest(sorted(cache.glob("*.parquet"))) == before
+
+    keys_before = pq.read_table(cache / "00001.parquet", columns=["key"]).column("key").to_pylist()
+    (cache / "_done" / "00001.tar.json").unlink()  # an interrupted shard is redone, the others untouched
+    assert main(args) == 0
+    third = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert third["shards_processed"] == 1 and third["cache_rows"] == 96
+    after = _digest(sorted(cache.glob("*.parquet")))
+    assert {k: v for k, v in after.items() if k != "00001.parquet"} == \
+        {k: v for k, v in before.items() if k != "00001.parquet"}
+    assert pq.read_table(cache / "00001.parquet", columns=["key"]).column("key").to_pylist() == keys_before
+
+    with pytest.raises(DataError, match="built with generator config"):
+        main(args[:-1] + ["pseudo_masks.max_iter=6"])
+
+
+def test_cache_reader_rejects_foreign_parquet(tmp_path):
+    import pyarrow as pa
+
+    from pipelines.cache import PseudoMaskCache
+
+    cache = PseudoMaskCache(tmp_path)
+    (tmp_path / "_done").mkdir()
+    pq.write_table(pa.table({"key": ["a"]}), tmp_path / "00000.parquet")
+    (tmp_path / "_done" / "00000.tar.json").write_text(json.dumps({"shard": "00000.tar", "rows": 1}))
+    with pytest.raises(DataError, match="missing column 'shard'"):
+        cache.files()

