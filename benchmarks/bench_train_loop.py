@@ -28,6 +28,8 @@ from PIL import Image  # noqa: E402
 
 import sseg  # noqa: E402,F401
 
+TEXT = "words"
+
 
 def load_samples(cache_dir: str, count: int, size: int, seed: int = 0):
     """Random-resized crops of ``count`` cache rows, decoded once (the data both loops share)."""
@@ -36,14 +38,14 @@ def load_samples(cache_dir: str, count: int, size: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     images, segments, captions = [], [], []
     for path in sorted(Path(cache_dir).glob("*.parquet")):
-        table = pq.read_table(path, columns=["image", "mask_png", "caption"]).to_pylist()
+        table = pq.read_table(path, columns=["image", "mask_png", "caption", "words"]).to_pylist()
         for row in table:
             image = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"))
             mask = np.asarray(Image.open(io.BytesIO(row["mask_png"])))
             image, mask = random_resized_crop(image, size, rng, labels=mask)
             images.append(image)
             segments.append(mask)
-            captions.append(row["caption"])
+            captions.append(" ".join(row["words"]) if TEXT == "words" and row["words"] else row["caption"])
             if len(images) == count:
                 return np.stack(images), np.stack(segments), np.asarray(captions, dtype=object)
     return np.stack(images), np.stack(segments), np.asarray(captions, dtype=object)
@@ -165,21 +167,35 @@ def main() -> None:
     parser.add_argument("--variant", choices=["query", "pooled"], default="query")
     parser.add_argument("--model", nargs="*", default=[], help="ModelConfig overrides key=value")
     parser.add_argument("--eval", action="store_true")
+    parser.add_argument("--text", choices=["words", "caption"], default="words")
     parser.add_argument("--eval-images", type=int, default=300)
-    parser.add_argument("--templates", default="clip7")
+    parser.add_argument("--templates", nargs="+", default=["clip7"])
+    parser.add_argument("--save", help="save the trained model's state_dict here")
+    parser.add_argument("--load", help="skip training: evaluate this saved state_dict")
     args = parser.parse_args()
+    global TEXT
+    TEXT = args.text
     torch.set_num_threads(args.threads)
     from sseg.config import parse_overrides
     from sseg.models.config import tiny_model_config
 
     model_cfg = tiny_model_config(mask_feature_source=args.variant, **parse_overrides(args.model))
-    data = load_samples(args.cache, args.samples, model_cfg.image_size, args.seed)
+    data = load_samples(args.cache, 64 if args.load else args.samples, model_cfg.image_size, args.seed)
     result = {"batch": args.batch, "steps": args.steps, "threads": args.threads, "variant": args.variant}
     if args.mode in ("plain", "both"):
-        rate, model, _ = plain_loop(data, model_cfg, args)
-        result["plain_images_per_s"] = rate
+        if args.load:
+            from sseg.models import SSegModel
+
+            model = SSegModel(model_cfg)
+            model.load_state_dict(torch.load(args.load, weights_only=True))
+        else:
+            rate, model, _ = plain_loop(data, model_cfg, args)
+            result["plain_images_per_s"] = rate
+        if args.save:
+            torch.save(model.state_dict(), args.save)
         if args.eval:
-            result.update(evaluate(model, args.voc, args.eval_images, args.templates))
+            for templates in args.templates:
+                result[f"miou_{templates}"] = evaluate(model, args.voc, args.eval_images, templates)["miou"]
     if args.mode in ("ray", "both"):
         result["ray_train_images_per_s"] = ray_loop(data, model_cfg, args)
     if "plain_images_per_s" in result and "ray_train_images_per_s" in result:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def build_pseudo_mask_cache(cfg: PseudoMaskJobConfig, run_name: str = "cache") -> dict:
     """Process every unfinished shard; returns counts, skips by reason and images/s."""
     pm_config = cfg.pseudo_masks.model_dump(mode="json")
-    cache = PseudoMaskCache(cfg.cache_dir, config_hash(pm_config))
+    cache = PseudoMaskCache(cfg.cache_dir, config_hash(pm_config), cfg.pseudo_masks.generator)
     shards = resolve_shards(cfg.data.shards)
     todo = [s for s in shards if not cache.is_done(s)]
     log.info("%d shards, %d already in the cache, %d to process", len(shards), len(shards) - len(todo),
@@ -52,7 +52,7 @@ def build_pseudo_mask_cache(cfg: PseudoMaskJobConfig, run_name: str = "cache") -
         "shards_total": len(shards), "shards_processed": len(todo), "samples": written,
         "skipped": skipped, "skipped_total": int(sum(skipped.values())),
         "images_per_s": written / elapsed if written else 0.0, "seconds": elapsed,
-        "cache_rows": cache.num_rows(),
+        "cache_rows": cache.num_rows(), "cache_dir": str(cache.root),
     }
 
 

@@ -22,8 +22,10 @@ def shard_id(shard_path: str) -> str:
 
 
 class PseudoMaskCache:
-    def __init__(self, root: str | Path, config_hash: str | None = None):
-        self.root = Path(root)
+    """``base_dir/<generator>-<config hash>/``: caches of different generator configs live side by side."""
+
+    def __init__(self, base_dir: str | Path, config_hash: str, generator: str):
+        self.root = Path(base_dir) / f"{generator}-{config_hash}"
         self.config_hash = config_hash
 
     def _marker(self, shard: str) -> Path:
@@ -63,7 +65,8 @@ class PseudoMaskCache:
         done = sorted((self.root / "_done").glob("*.json")) if (self.root / "_done").is_dir() else []
         files = [str(self.parquet_path(json.loads(m.read_text())["shard"])) for m in done]
         if not files:
-            raise DataError(f"pseudo-mask cache {self.root} is empty: run jobs/pseudo_masks.py first")
+            raise DataError(f"pseudo-mask cache {self.root} is empty: run jobs/pseudo_masks.py with the "
+                            "same pseudo_masks settings first")
         check_schema(pq.read_schema(files[0]), PSEUDO_MASK_SCHEMA, files[0])
         return files
 

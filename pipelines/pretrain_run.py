@@ -47,7 +47,8 @@ def _ensure_cache(cfg: PretrainConfig) -> list[str]:
     summary = build_pseudo_mask_cache(job, run_name="pretrain-cache")
     if summary["shards_processed"]:
         log.info("pseudo-mask cache built: %s", summary)
-    return PseudoMaskCache(cfg.cache_dir, config_hash(cfg.pseudo_masks.model_dump(mode="json"))).files()
+    return PseudoMaskCache(cfg.cache_dir, config_hash(cfg.pseudo_masks.model_dump(mode="json")),
+                           cfg.pseudo_masks.generator).files()
 
 
 def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
@@ -66,7 +67,8 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
     if cfg.pseudo_mask_source == "cache":
         files = _ensure_cache(cfg)
         num_samples = train_data.count_cache_rows(files)
-        dataset = train_data.cache_dataset(files, cfg.data.image_size, cfg.data.crop_scale)
+        dataset = train_data.cache_dataset(files, cfg.data.image_size, cfg.data.crop_scale,
+                                           cfg.data.text)
     else:
         from pipelines.shards import resolve_shards
 
@@ -75,7 +77,7 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
         dataset = train_data.stream_dataset(shards, cfg.data.image_size, cfg.data.crop_scale,
                                             cfg.pseudo_masks, num_actors=cfg.pool.num_actors,
                                             gpus_per_actor=cfg.pool.gpus_per_actor,
-                                            batch_size=cfg.pool.batch_size)
+                                            batch_size=cfg.pool.batch_size, text=cfg.data.text)
     total_steps, warmup_steps = _schedule(cfg, num_samples)
 
     tags = {STAGE_TAG: "pretrain", "sseg.mask_feature_source": cfg.model.mask_feature_source,
@@ -107,7 +109,8 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
 
     trainer = make_trainer(cfg, dataset, run_name=run_name, loop_config={
         "config": cfg.model_dump(mode="json"), "total_steps": total_steps, "warmup_steps": warmup_steps,
-        "mlflow_run_id": tracker.run_id, "run_dir": str(run_dir)})
+        "mlflow_run_id": tracker.run_id, "run_dir": str(run_dir),
+        "tracking_uri": tracker.tracking_uri})
     started = time.perf_counter()
     try:
         result = trainer.fit()

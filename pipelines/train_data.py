@@ -21,8 +21,10 @@ TRAIN_COLUMNS = ("image", "segments", "caption")
 class CropCachedSamples:
     """map_batches function: cache rows → same random-resized crop of image and mask, flipped together."""
 
-    def __init__(self, size: int, crop_scale: tuple[float, float], seed: int | None = None):
+    def __init__(self, size: int, crop_scale: tuple[float, float], text: str = "words",
+                 seed: int | None = None):
         self.size = size
+        self.text = text
         self.crop_scale = tuple(crop_scale)
         self.rng = np.random.default_rng(seed)
 
@@ -39,14 +41,26 @@ class CropCachedSamples:
         return {
             "image": np.stack(images) if n else np.zeros((0, self.size, self.size, 3), np.uint8),
             "segments": np.stack(segments) if n else np.zeros((0, self.size, self.size), np.uint8),
-            "caption": np.asarray(batch["caption"], dtype=object),
+            "caption": training_text(batch, self.text),
         }
 
 
-def cache_dataset(files: list[str], size: int, crop_scale: tuple[float, float],
+def training_text(batch: dict, text: str) -> np.ndarray:
+    """The text each image is paired with: its nouns+verbs (falling back to the caption when none
+    survive the filter) or the caption itself."""
+    if text == "caption":
+        return np.asarray(batch["caption"], dtype=object)
+    out = []
+    for words, caption in zip(batch["words"], batch["caption"]):
+        words = " ".join(words) if not isinstance(words, str) else words
+        out.append(words if words.strip() else str(caption))
+    return np.asarray(out, dtype=object)
+
+
+def cache_dataset(files: list[str], size: int, crop_scale: tuple[float, float], text: str = "words",
                   batch_size: int = 64) -> ray.data.Dataset:
-    ds = ray.data.read_parquet(files, columns=["image", "mask_png", "caption"], shuffle="files")
-    return ds.map_batches(CropCachedSamples(size, crop_scale), batch_size=batch_size, batch_format="numpy",
+    ds = ray.data.read_parquet(files, shuffle="files").select_columns(["image", "mask_png", "caption", "words"])
+    return ds.map_batches(CropCachedSamples(size, crop_scale, text), batch_size=batch_size, batch_format="numpy",
                           compute=ray.data.TaskPoolStrategy())
 
 
@@ -55,7 +69,7 @@ def count_cache_rows(files: list[str]) -> int:
 
 
 def stream_dataset(shards: list[str], size: int, crop_scale, pm_config, *, num_actors: int,
-                   gpus_per_actor: float, batch_size: int, counter=None) -> ray.data.Dataset:
+                   gpus_per_actor: float, batch_size: int, text: str = "words", counter=None) -> ray.data.Dataset:
     from pipelines.pseudo_masks import add_pseudo_masks
     from pipelines.shards import DecodeSamples, read_shards
 
@@ -63,4 +77,5 @@ def stream_dataset(shards: list[str], size: int, crop_scale, pm_config, *, num_a
     ds = ds.map_batches(DecodeSamples(size, "train", crop_scale, counter), batch_size=batch_size, batch_format="numpy", compute=ray.data.TaskPoolStrategy())
     ds = add_pseudo_masks(ds, pm_config, num_actors=num_actors, gpus_per_actor=gpus_per_actor,
                           batch_size=batch_size)
+    ds = ds.map_batches(lambda b: {**b, "caption": training_text(b, text)}, batch_format="numpy")
     return ds.select_columns(list(TRAIN_COLUMNS))

@@ -76,7 +76,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         contrastive=ContrastiveLoss())
     train_step = TrainStep(model, criterion, optimizer, scheduler, cfg.pseudo_masks.num_segments,
                            cfg.train.grad_clip, world_size=world_size, bf16=bf16)
-    tracker = Tracker(cfg.tracking.experiment, run_id=loop_config["mlflow_run_id"], enabled=rank == 0)
+    tracker = Tracker(cfg.tracking.experiment, run_id=loop_config["mlflow_run_id"], enabled=rank == 0,
+                      tracking_uri=loop_config["tracking_uri"])
     local_batch = cfg.train.global_batch_size // world_size
     shard = ray.train.get_dataset_shard("train")
 

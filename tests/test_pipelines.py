@@ -107,6 +107,8 @@ def test_cache_job_writes_schema_skips_done_shards_and_counts(ray_session, tiny_
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["samples"] == 96 and first["shards_processed"] == 3 and first["skipped_total"] == 0
     assert 0.0 < first["oracle_miou"] <= 1.0 and first["mlflow_run_id"]
+    assert Path(first["cache_dir"]).parent == cache
+    cache = Path(first["cache_dir"])  # <base>/<generator>-<config hash>
     files = sorted(cache.glob("*.parquet"))
     assert len(files) == 3
     table = pq.read_table(files[0])
@@ -133,8 +135,9 @@ def test_cache_job_writes_schema_skips_done_shards_and_counts(ray_session, tiny_
         {k: v for k, v in before.items() if k != "00001.parquet"}
     assert pq.read_table(cache / "00001.parquet", columns=["key"]).column("key").to_pylist() == keys_before
 
-    with pytest.raises(DataError, match="built with generator config"):
-        main(args[:-1] + ["pseudo_masks.max_iter=6"])
+    assert main(args[:-1] + ["pseudo_masks.max_iter=6"]) == 0  # another config: a cache beside it
+    other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert other["shards_processed"] == 3 and Path(other["cache_dir"]) != cache
 
 
 def test_cache_reader_rejects_foreign_parquet(tmp_path):
@@ -142,9 +145,9 @@ def test_cache_reader_rejects_foreign_parquet(tmp_path):
 
     from pipelines.cache import PseudoMaskCache
 
-    cache = PseudoMaskCache(tmp_path)
-    (tmp_path / "_done").mkdir()
-    pq.write_table(pa.table({"key": ["a"]}), tmp_path / "00000.parquet")
-    (tmp_path / "_done" / "00000.tar.json").write_text(json.dumps({"shard": "00000.tar", "rows": 1}))
+    cache = PseudoMaskCache(tmp_path, "abc", "pixel")
+    (cache.root / "_done").mkdir(parents=True)
+    pq.write_table(pa.table({"key": ["a"]}), cache.root / "00000.parquet")
+    (cache.root / "_done" / "00000.tar.json").write_text(json.dumps({"shard": "00000.tar", "rows": 1}))
     with pytest.raises(DataError, match="missing column 'shard'"):
         cache.files()

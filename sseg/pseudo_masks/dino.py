@@ -107,8 +107,8 @@ def load_into_vit(model: nn.Module, state: dict[str, Tensor], source: str | Path
             parts.append(f"unexpected keys: {_first(unexpected)}")
         raise CheckpointError(f"DINO checkpoint {source} does not fit {VIT_ARCH}: {'; '.join(parts)}")
     state = dict(state)
-    pos_embed = state["pos_embed"]
-    if pos_embed.shape != expected["pos_embed"].shape and pos_embed.shape[-1] == expected["pos_embed"].shape[-1]:
+    pos_embed, wanted = state["pos_embed"], expected["pos_embed"]
+    if pos_embed.shape != wanted.shape and pos_embed.shape[-1] == wanted.shape[-1]:
         from timm.layers import resample_abs_pos_embed
 
         # A checkpoint trained at another resolution: resample its position grid to 28x28.
@@ -200,7 +200,8 @@ class DinoKMeansGenerator(PseudoMaskGenerator):
             max_iter=cfg.max_iter,
             tol=cfg.tol,
             generator=self.kmeans_generator(),
-            distance_dtype=torch.bfloat16 if self._use_bf16() else None,
+            # bf16 distances pay off on GPU; on CPU the conversion eats the gain (bench_kmeans).
+            distance_dtype=torch.bfloat16 if (cfg.bf16 and self.device.type == "cuda") else None,
             n_local_trials=cfg.kmeans_local_trials,
         )
         labels = result.labels.view(-1, grid_h, grid_w)

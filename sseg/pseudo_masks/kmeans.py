@@ -1,12 +1,12 @@
 """Batched K-Means in torch: the images of a batch are clustered together, on CPU or CUDA.
 
 ``batched_kmeans(x[B, P, D], k)`` runs B independent K-Means problems in lock-step: k-means++
-seeding (D² sampling; the greedy variant on request) and Lloyd iterations whose distances and
-centre sums are one batched matrix product each for all elements. On GPU the whole batch is one
-chunk; on CPU the batch is cut into chunks of a few elements that stay in cache through seeding
-and every iteration (a chunk-sized Python loop, never a per-image one). The stopping rule
-follows scikit-learn's ``KMeans(algorithm="lloyd")`` per batch element: stop on unchanged labels,
-or when the squared centre shift is at most ``tol * mean(var(x_b, axis=0))``; an element that has
+seeding (D² sampling; the greedy variant on request) and Lloyd iterations whose distances are
+one batched matrix product for all elements. On GPU the whole batch is one chunk; on CPU the
+batch is cut into chunks of a few elements that stay in cache through seeding and every
+iteration (a chunk-sized Python loop, never a per-image one). The stopping rule follows
+scikit-learn's ``KMeans(algorithm="lloyd")`` per batch element: stop on unchanged labels, or when
+the squared centre shift is at most ``tol * mean(var(x_b, axis=0))``; an element that has
 stopped keeps its centres while the others go on. Empty clusters are re-seeded at the points
 farthest from their centres, as scikit-learn does, so from the same initial centres the two agree.
 """
@@ -36,6 +36,8 @@ def _check_input(x: Tensor, k: int, max_iter: int, tol: float, init: Tensor | No
     if not x.is_floating_point():
         raise DataError(f"batched_kmeans expects floating-point points, got {x.dtype}")
     batch, points, dims = x.shape
+    if batch == 0:
+        raise DataError("batched_kmeans got an empty batch")
     if k < 1:
         raise DataError(f"batched_kmeans needs k >= 1, got k={k}")
     if points < k:
@@ -93,19 +95,25 @@ class _SeedingDraws:
         return _SeedingDraws(self.first[start:stop], self.trials[:, start:stop])
 
 
-def _seed_centres(x: Tensor, x_dist: Tensor, x_sq: Tensor, k: int, draws: _SeedingDraws) -> Tensor:
-    """k-means++ on one chunk; distances use ``x_dist`` (``x`` or a low-precision copy of it),
-    centres are exact points of ``x``."""
+def _squared_distances(x: Tensor, x_sq: Tensor, centers: Tensor) -> Tensor:
+    """||x||² - 2 x·c + ||c||² for all points and a few centres: [B, P, c] float32."""
+    c_sq = centers.pow(2).sum(-1).unsqueeze(1)  # [B, 1, c]
+    cross = torch.bmm(x, centers.transpose(1, 2))
+    return (x_sq.unsqueeze(2) - 2.0 * cross + c_sq).clamp_min_(0)
+
+
+def _seed_centres(x: Tensor, x_sq: Tensor, k: int, draws: _SeedingDraws) -> Tensor:
+    """k-means++ on one chunk, in float32 (on CPU a bf16 matrix-vector product is slower)."""
     batch, points, dims = x.shape
     rows = torch.arange(batch, device=x.device)
     centers = x.new_empty(batch, k, dims)
     centers[:, 0] = x[rows, (draws.first * points).long().clamp_max(points - 1)]
-    closest = _squared_distances(x_dist, x_sq, centers[:, :1]).squeeze(2)  # [B, P]
+    closest = _squared_distances(x, x_sq, centers[:, :1]).squeeze(2)  # [B, P]
     for j in range(1, k):
         candidates = _sample_rows(closest, draws.trials[j - 1])  # [B, L]
         candidate_points = x[rows.unsqueeze(1), candidates]  # [B, L, D]
         # Nearest-centre distances if each candidate were added: [B, P, L].
-        with_candidate = torch.minimum(closest.unsqueeze(2), _squared_distances(x_dist, x_sq, candidate_points))
+        with_candidate = torch.minimum(closest.unsqueeze(2), _squared_distances(x, x_sq, candidate_points))
         best = with_candidate.sum(dim=1).argmin(dim=1)  # [B]
         centers[:, j] = candidate_points[rows, best]
         closest = with_candidate[rows, :, best]
@@ -121,59 +129,12 @@ def kmeans_plus_plus(
     proportional to its squared distance to the nearest centre chosen so far (D² sampling).
     With ``n_local_trials`` > 1 (greedy k-means++, scikit-learn's default 2 + ln k), that many
     candidates are drawn and the one that lowers the total squared distance most is kept.
-    Same seeds as ``batched_kmeans`` (float32 distances) picks with the same generator state.
+    Same seeds as ``batched_kmeans`` picks with the same generator state.
     """
     _check_input(x, k, 1, 0.0, None)
     x = x.float().contiguous()
     draws = _SeedingDraws.draw(x.shape[0], k, n_local_trials, generator, x.device)
-    return _seed_centres(x, x, _squared_norms(x), k, draws)
-
-
-def _squared_distances(x: Tensor, x_sq: Tensor, centers: Tensor) -> Tensor:
-    """||x||² - 2 x·c + ||c||² for all points and centres: [B, P, k] float32.
-
-    ``x`` may be a low-precision copy of the points (e.g. bf16): then only the x·c product runs
-    in that precision; the norms stay float32.
-    """
-    c_sq = centers.pow(2).sum(-1).unsqueeze(1)  # [B, 1, k]
-    cross = torch.bmm(x, centers.to(x.dtype).transpose(1, 2)).float()
-    return (x_sq.unsqueeze(2) - 2.0 * cross + c_sq).clamp_min_(0)
-
-
-def _cluster_sums(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Per-cluster sums [B, k, D] and counts [B, k] (float32) from labels [B, P].
-
-    A one-hot [B, k, P] @ x [B, P, D] product: on CPU about 3x faster than scatter_add over D.
-    With a bf16 ``x`` the product accumulates in float32 but returns bf16-rounded sums.
-    """
-    one_hot = x.new_zeros(x.shape[0], k, x.shape[1])  # exact in any dtype, bf16 included
-    one_hot.scatter_(1, labels.unsqueeze(1), 1.0)
-    return torch.bmm(one_hot, x).float(), one_hot.sum(dim=2, dtype=torch.float32)
-
-
-def _relocate_empty_clusters(
-    x: Tensor, labels: Tensor, min_dist: Tensor, sums: Tensor, counts: Tensor
-) -> None:
-    """Move each empty cluster onto one of the points farthest from their centre (in place).
-
-    Mirrors scikit-learn's ``_relocate_empty_clusters_dense``: the i-th empty cluster (by index)
-    takes the i-th farthest point, which is removed from its old cluster's sum; labels stay as
-    they are until the next assignment.
-    """
-    empty = counts == 0  # [B, k]
-    if not bool(empty.any()):
-        return
-    batch, k = counts.shape
-    farthest = min_dist.topk(k, dim=1).indices  # [B, k], farthest first
-    rank = (empty.long().cumsum(dim=1) - 1).clamp_min(0)  # i for the i-th empty cluster
-    donor = farthest.gather(1, rank)  # [B, k] point each cluster would take
-    donor_points = torch.gather(x, 1, donor.unsqueeze(2).expand(-1, -1, x.shape[2]))
-    donor_old_cluster = labels.gather(1, donor)
-    weight = empty.to(x.dtype)  # only empty clusters move a point
-    sums.scatter_add_(1, donor_old_cluster.unsqueeze(2).expand_as(donor_points), -donor_points * weight.unsqueeze(2))
-    counts.scatter_add_(1, donor_old_cluster, -weight)
-    sums.copy_(torch.where(empty.unsqueeze(2), donor_points, sums))
-    counts.copy_(torch.where(empty, torch.ones_like(counts), counts))
+    return _seed_centres(x, _squared_norms(x), k, draws)
 
 
 def _assign(x: Tensor, x_sq: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
@@ -181,7 +142,7 @@ def _assign(x: Tensor, x_sq: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
 
     ||x||² is the same for every centre, so the argmin needs only ||c||² - 2 c·x (one fused
     baddbmm in float32), laid out [B, k, P] so that the min over k runs along whole rows of P;
-    ||x||² is added to the [B, P] minimum alone.
+    ||x||² is added to the [B, P] minimum alone. ``x`` may be a low-precision copy (bf16).
     """
     c_sq = centers.pow(2).sum(-1).unsqueeze(2)  # [B, k, 1]
     if x.dtype == torch.float32:
@@ -192,20 +153,73 @@ def _assign(x: Tensor, x_sq: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
     return labels, (min_partial + x_sq).clamp_min_(0)
 
 
-def _lloyd(x: Tensor, x_loop: Tensor, x_sq: Tensor, centers: Tensor, tolerance: Tensor, max_iter: int) -> KMeansResult:
+def _cluster_sums(x: Tensor, x_loop: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Per-cluster sums [B, k, D] and counts [B, k] (both float32) from labels [B, P].
+
+    On CPU an ``index_add_`` of the float32 points into B*k rows: exact, and about 3x faster
+    than a one-hot matrix product there. On GPU a one-hot [B, k, P] @ ``x_loop`` [B, P, D]
+    product (tensor cores; atomics onto only k rows per image would contend); with a bf16
+    ``x_loop`` it accumulates in float32 but returns bf16-rounded sums.
+    """
+    batch, points, dims = x.shape
+    if x.device.type == "cpu":
+        rows = (labels + torch.arange(batch, device=x.device).unsqueeze(1) * k).view(-1)
+        sums = x.new_zeros(batch * k, dims).index_add_(0, rows, x.reshape(-1, dims))
+        counts = torch.bincount(rows, minlength=batch * k).to(torch.float32)
+        return sums.view(batch, k, dims), counts.view(batch, k)
+    one_hot = x_loop.new_zeros(batch, k, points)  # exact in any dtype, bf16 included
+    one_hot.scatter_(1, labels.unsqueeze(1), 1.0)
+    return torch.bmm(one_hot, x_loop).float(), one_hot.sum(dim=2, dtype=torch.float32)
+
+
+def _relocate_empty_clusters(
+    x: Tensor, labels: Tensor, min_dist: Tensor, sums: Tensor, counts: Tensor
+) -> bool:
+    """Move each empty cluster onto one of the points farthest from their centre (in place);
+    returns whether there was any.
+
+    Mirrors scikit-learn's ``_relocate_empty_clusters_dense``: the i-th empty cluster (by index)
+    takes the i-th farthest point, which is removed from its old cluster's sum; labels stay as
+    they are until the next assignment.
+    """
+    empty = counts == 0  # [B, k]
+    if not bool(empty.any()):
+        return False
+    k = counts.shape[1]
+    farthest = min_dist.topk(k, dim=1).indices  # [B, k], farthest first
+    rank = (empty.long().cumsum(dim=1) - 1).clamp_min(0)  # i for the i-th empty cluster
+    donor = farthest.gather(1, rank)  # [B, k] point each cluster would take
+    donor_points = torch.gather(x, 1, donor.unsqueeze(2).expand(-1, -1, x.shape[2]))
+    donor_old_cluster = labels.gather(1, donor)
+    weight = empty.to(x.dtype)  # only empty clusters move a point
+    moved = -donor_points * weight.unsqueeze(2)
+    sums.scatter_add_(1, donor_old_cluster.unsqueeze(2).expand_as(donor_points), moved)
+    counts.scatter_add_(1, donor_old_cluster, -weight)
+    sums.copy_(torch.where(empty.unsqueeze(2), donor_points, sums))
+    counts.copy_(torch.where(empty, torch.ones_like(counts), counts))
+    return True
+
+
+def _lloyd(
+    x: Tensor, x_loop: Tensor, x_sq: Tensor, centers: Tensor, tolerance: Tensor, max_iter: int
+) -> KMeansResult:
     """Lloyd iterations for one chunk of batch elements (see :func:`batched_kmeans`); the loop's
-    matrix products use ``x_loop`` (``x`` or a low-precision copy), the final assignment ``x``."""
+    distances use ``x_loop`` (``x`` or a low-precision copy), the final assignment ``x``."""
     batch, points, _ = x.shape
     k = centers.shape[1]
     active = torch.ones(batch, dtype=torch.bool, device=x.device)
     n_iter = torch.zeros(batch, dtype=torch.long, device=x.device)
     labels_old = torch.full((batch, points), -1, dtype=torch.long, device=x.device)
     for _ in range(max_iter):
+        assigned_with = centers
         labels, min_dist = _assign(x_loop, x_sq, centers)
-        sums, counts = _cluster_sums(x_loop, labels, k)
-        _relocate_empty_clusters(x, labels, min_dist, sums, counts)
-        # A cluster left empty by the relocation (its only point moved away) keeps its centre.
-        new_centers = torch.where(counts.unsqueeze(2) > 0, sums / counts.clamp_min(1).unsqueeze(2), centers)
+        sums, counts = _cluster_sums(x, x_loop, labels, k)
+        if _relocate_empty_clusters(x, labels, min_dist, sums, counts):
+            # A cluster left empty by the relocation (its only point moved away) keeps its centre.
+            means = sums / counts.clamp_min(1).unsqueeze(2)
+            new_centers = torch.where(counts.unsqueeze(2) > 0, means, centers)
+        else:
+            new_centers = sums / counts.unsqueeze(2)
         shift = (new_centers - centers).pow(2).sum(dim=(1, 2))
         converged = (labels == labels_old).all(dim=1) | (shift <= tolerance)
         centers = torch.where(active.view(-1, 1, 1), new_centers, centers)
@@ -214,10 +228,13 @@ def _lloyd(x: Tensor, x_loop: Tensor, x_sq: Tensor, centers: Tensor, tolerance: 
         labels_old = labels
         if not bool(active.any()):
             break
-    # Final assignment in float32 with the final centres (sklearn's last E-step). The inertia
-    # comes from the same ||x||² - 2x·c + ||c||² expansion: exact enough unless the points sit
-    # far from the origin relative to their spread (then centre them before calling).
-    labels, min_dist = _assign(x, x_sq, centers)
+    # The final assignment is float32 with the final centres (sklearn's last E-step). It is
+    # already at hand when the loop ran in float32 and its last update moved no centre (every
+    # element had converged on unchanged labels or stopped earlier).
+    if x_loop.dtype != torch.float32 or not torch.equal(centers, assigned_with):
+        labels, min_dist = _assign(x, x_sq, centers)
+    # The inertia comes from the ||x||² - 2x·c + ||c||² expansion: exact enough unless the
+    # points sit far from the origin relative to their spread (then centre them first).
     inertia = min_dist.double().sum(dim=1).float()
     return KMeansResult(labels=labels, centers=centers, inertia=inertia, n_iter=n_iter)
 
@@ -262,10 +279,11 @@ def batched_kmeans(
             centre shift is <= tol * mean over dimensions of its points' variance.
         generator: random source for k-means++ (a CPU generator also works for CUDA data).
         init: initial centres [B, k, D]; skips k-means++ when given.
-        distance_dtype: precision of the matrix products of seeding and the Lloyd loop
-            (point-centre distances and centre sums), e.g. torch.bfloat16: about 2x faster on
-            GPUs and on CPUs with AVX512-BF16/AMX; centres are then exact to ~3 significant
-            digits. The final assignment and the inertia are always float32.
+        distance_dtype: precision of the point-centre products inside the Lloyd loop, e.g.
+            torch.bfloat16 (faster on GPUs and on CPUs with AVX512-BF16/AMX). On GPU the
+            centre sums use it too (one-hot product; centres exact to ~3 significant digits);
+            on CPU they are always float32. Seeding, the final assignment and the inertia are
+            always float32.
         n_local_trials: k-means++ candidates per centre; 1 is standard k-means++, scikit-learn's
             greedy variant uses 2 + ln(k) (better seeds, each trial one more distance pass).
         chunk_size: batch elements iterated together; the default keeps a CPU chunk in cache
@@ -287,14 +305,13 @@ def batched_kmeans(
         x_sq = _squared_norms(chunk)  # [C, P]
         if not bool(torch.isfinite(x_sq).all()):  # NaN/inf anywhere in a point shows in its norm
             raise DataError("batched_kmeans input holds NaN or infinite (or overflowing) values")
-        low = chunk if distance_dtype in (None, torch.float32) else chunk.to(distance_dtype)
         if draws is None:
             centers = init[start : start + step].to(x.device).float().clone()
         else:
-            centers = _seed_centres(chunk, low, x_sq, k, draws.chunk(start, start + step))
+            centers = _seed_centres(chunk, x_sq, k, draws.chunk(start, start + step))
+        low = chunk if distance_dtype in (None, torch.float32) else chunk.to(distance_dtype)
         parts.append(_lloyd(chunk, low, x_sq, centers, tol * _mean_variance(chunk, x_sq), max_iter))
     if len(parts) == 1:
         return parts[0]
     fields = ("labels", "centers", "inertia", "n_iter")
     return KMeansResult(*(torch.cat([getattr(part, f) for part in parts]) for f in fields))
-
