@@ -11,6 +11,7 @@ from __future__ import annotations
 import _bootstrap  # noqa: F401
 
 import logging
+import os
 
 import sseg  # noqa: F401
 from pipelines.build_cache import build_pseudo_mask_cache, oracle_miou
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     if cfg.world is not None:
         from sseg.data.world import ensure_world
 
-        ensure_world(cfg.world_dir, cfg.world)
+        ensure_world(cfg.world_dir, cfg.world, workers=min(4, os.cpu_count() or 1))
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     tags = {STAGE_TAG: "pseudo_masks", "sseg.generator": cfg.pseudo_masks.generator}
     if cfg.tracking.parent_run_id:

@@ -25,7 +25,8 @@ class PseudoMaskCache:
     """``base_dir/<generator>-<config hash>/``: caches of different generator configs live side by side."""
 
     def __init__(self, base_dir: str | Path, config_hash: str, generator: str):
-        self.root = Path(base_dir) / f"{generator}-{config_hash}"
+        # absolute: Ray workers read these files from another working directory
+        self.root = Path(base_dir).resolve() / f"{generator}-{config_hash}"
         self.config_hash = config_hash
 
     def _marker(self, shard: str) -> Path:

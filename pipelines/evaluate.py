@@ -98,6 +98,8 @@ def run_evaluation(checkpoint: str | Path, dataset: dict, segment: dict, class_n
     """Sum the confusion matrices of all actors; returns matrices, counts, images/s, kept examples."""
     from sseg.data.datasets import build_dataset
 
+    dataset = {**dataset, "root": str(Path(dataset["root"]).resolve())}  # workers run elsewhere
+    checkpoint = Path(checkpoint).resolve()
     size = len(build_dataset(dataset["name"], dataset["root"], dataset.get("split", "val")))
     count = min(size, max_images) if max_images else size
     started = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import math
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
     if cfg.world is not None:
         from sseg.data.world import ensure_world
 
-        ensure_world(cfg.world_dir, cfg.world)
+        ensure_world(cfg.world_dir, cfg.world, workers=min(4, os.cpu_count() or 1))
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     _check_resources(cfg)
     run_name, info = _run_identity(cfg, resume)
@@ -189,7 +190,7 @@ def _first_line(exc: BaseException) -> str:
 
     text = str(exc)
     causes = re.findall(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)): (.+)$", text, re.M)
-    causes = [c for c in causes if c[0] not in ("WorkerGroupError", "TrainingFailedError")]
+    causes = [c for c in causes if c[0] not in ("WorkerGroupError", "TrainingFailedError", "UserCodeException")]
     if causes:
         name, message = causes[-1]
         return f"{name}: {message.strip()}"[:400]

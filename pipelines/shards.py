@@ -60,7 +60,8 @@ def resolve_shards(spec: str | Sequence[str]) -> list[str]:
                 raise DataError(f"shard path not found: {pattern}")
     if not paths:
         raise DataError(f"no .tar shards found in {spec}")
-    return paths
+    # absolute local paths: Ray workers run in another working directory
+    return [p if REMOTE.match(p) else os.path.abspath(p) for p in paths]
 
 
 def read_shards(paths: Sequence[str], *, shuffle_files: bool = False, seed: int | None = None,

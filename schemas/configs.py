@@ -112,8 +112,8 @@ class PretrainConfig(StrictModel):
     pool: ActorPoolConfig = ActorPoolConfig()
     cache_dir: str = "data/world/pseudo_masks"
     model: ModelConfig = Field(default_factory=lambda: _tiny_model())
-    train: TrainConfig = TrainConfig(global_batch_size=64, steps=1500, lr=1e-3, warmup_steps=100,
-                                     threads_per_worker=2, checkpoint_every=250)
+    train: TrainConfig = TrainConfig(global_batch_size=64, steps=800, lr=1e-3, warmup_steps=50,
+                                     threads_per_worker=2, checkpoint_every=200)
     eval: PretrainEvalConfig = PretrainEvalConfig()
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()
@@ -123,7 +123,10 @@ class PretrainConfig(StrictModel):
 def _tiny_model() -> ModelConfig:
     from sseg.models.config import tiny_model_config
 
-    return tiny_model_config()
+    # Deviation from the paper, named in the run's tags: mask features pooled from a semantic pixel map
+    # under each predicted mask. The paper's decoder-query features collapse into one image-level
+    # feature at this scale (measured: README, "Does it learn?").
+    return tiny_model_config(mask_feature_source="pooled")
 
 
 def _segment_config():
