@@ -17,7 +17,7 @@ import sseg  # noqa: F401
 from pipelines.evaluate import run_evaluation
 from pipelines.evaluate_protocols import build_protocol
 from pipelines.pretrain_eval import log_pictures
-from pipelines.runtime import init_ray
+from pipelines.runtime import init_ray, require_gpus
 from schemas.configs import EvaluateConfig
 from sseg.cli import job_parser, parse_job_config, run_job
 from sseg.config import flatten
@@ -49,6 +49,7 @@ def main(argv=None) -> int:
 
         background_classes = list(STUFF_CLASSES)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    require_gpus(cfg.gpus_per_actor, "gpus_per_actor")
     tags = {STAGE_TAG: "evaluate", "sseg.dataset": cfg.dataset}
     parent = (state.get("extra") or {}).get("mlflow_run_id")
     if parent:

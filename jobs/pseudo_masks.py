@@ -15,7 +15,7 @@ import os
 
 import sseg  # noqa: F401
 from pipelines.build_cache import build_pseudo_mask_cache, oracle_miou
-from pipelines.runtime import init_ray
+from pipelines.runtime import init_ray, require_gpus
 from schemas.configs import PseudoMaskJobConfig
 from sseg.cli import job_parser, parse_job_config, run_job
 from sseg.config import config_hash, flatten
@@ -32,6 +32,7 @@ def main(argv=None) -> int:
 
         ensure_world(cfg.world_dir, cfg.world, workers=min(4, os.cpu_count() or 1))
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    require_gpus(cfg.pool.gpus_per_actor, "pool.gpus_per_actor")
     tags = {STAGE_TAG: "pseudo_masks", "sseg.generator": cfg.pseudo_masks.generator}
     if cfg.tracking.parent_run_id:
         tags[LINEAGE_TAG] = cfg.tracking.parent_run_id

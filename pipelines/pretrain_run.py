@@ -165,23 +165,11 @@ def _schedule(cfg: PretrainConfig, num_samples: int | None) -> tuple[int, int]:
 
 
 def _check_resources(cfg: PretrainConfig) -> None:
-    import ray
+    from pipelines.runtime import require_gpus
 
-    resources = ray.cluster_resources()
-    if cfg.train.use_gpu and resources.get("GPU", 0) < 1:
-        from ray.autoscaler.sdk import request_resources  # noqa: F401 - an autoscaler may add GPUs
-
-        if not _cluster_can_autoscale():
-            raise SsegError(f"train.use_gpu=true but the Ray cluster has no GPU "
-                            f"(resources: {int(resources.get('CPU', 0))} CPU, 0 GPU)")
-    if cfg.pool.gpus_per_actor > 0 and resources.get("GPU", 0) <= 0 and not _cluster_can_autoscale():
-        raise SsegError("pool.gpus_per_actor > 0 but the Ray cluster has no GPU")
-
-
-def _cluster_can_autoscale() -> bool:
-    import os
-
-    return os.environ.get("SSEG_AUTOSCALING_CLUSTER", "0") == "1"
+    require_gpus(1 if cfg.train.use_gpu else 0, "train.use_gpu")
+    if cfg.pseudo_mask_source == "stream":
+        require_gpus(cfg.pool.gpus_per_actor, "pool.gpus_per_actor")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -48,7 +48,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
             raise SsegError(f"no Ray cluster answers at {address}: {str(exc).splitlines()[0]}") from None
         return
     log.info("starting a local Ray instance (%s CPUs)", num_cpus or "all")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env,
-             _node_ip_address="127.0.0.1", log_to_driver=True)
+    # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls;
+    # without it the cleaner logs a warning every second.
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             runtime_env=runtime_env, _node_ip_address="127.0.0.1", log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("SSEG_PROGRESS_BARS", "1") == "1"
+
+
+def require_gpus(needed: float, field: str) -> None:
+    """Fail early (not hang in the scheduler) when a config asks for GPUs the cluster does not have.
+
+    An autoscaling cluster (SSEG_AUTOSCALING_CLUSTER=1, set by ray_cluster.yaml) may add GPU nodes on
+    demand, so there the request is left to the autoscaler.
+    """
+    if needed <= 0 or os.environ.get("SSEG_AUTOSCALING_CLUSTER", "0") == "1":
+        return
+    resources = ray.cluster_resources()
+    if resources.get("GPU", 0) < min(needed, 1):
+        from sseg.errors import SsegError
+
+        raise SsegError(f"{field} asks for GPUs but the Ray cluster has none "
+                        f"({int(resources.get('CPU', 0))} CPU, 0 GPU); set it to 0 or use a GPU cluster")

@@ -28,6 +28,13 @@ def _all_true(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def _quiet_report_log() -> None:
+    """Ray Train logs every report's full metrics dict at INFO; our own progress line says enough."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import sseg  # noqa: F401 - torchvision fix in this worker process
     import ray.train
@@ -43,6 +50,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                load_checkpoint, prepare_batch, save_checkpoint)
 
     cfg = PretrainConfig.model_validate(loop_config["config"])
+    _quiet_report_log()
     total_steps = int(loop_config["total_steps"])
     warmup_steps = int(loop_config["warmup_steps"])
     ctx = ray.train.get_context()

@@ -139,3 +139,12 @@ def test_segment_rejects_empty_and_duplicate_classes(trained):
         main(["--checkpoint", trained["checkpoint"], "--classes", "", "x.jpg"])
     with pytest.raises(ConfigError, match="listed twice"):
         main(["--checkpoint", trained["checkpoint"], "--classes", "cat,cat", "x.jpg"])
+
+
+def test_gpu_request_on_a_cpu_cluster_fails_early(ray_session, workdir, monkeypatch):
+    from jobs.pretrain import main
+    from sseg.errors import SsegError
+
+    monkeypatch.chdir(workdir)
+    with pytest.raises(SsegError, match="asks for GPUs but the Ray cluster has none"):
+        main(TINY + ["train.use_gpu=true", "train.steps=2"])

@@ -47,6 +47,11 @@ class ModelConfig(StrictModel):
     # "query": the paper (decoder query outputs → MLP). "pooled": a semantic pixel map averaged under
     # each predicted mask's (detached) sigmoid → the same MLP (see DESIGN.md, prototype findings).
     mask_feature_source: Literal["query", "pooled"] = "query"
+    # Pooling weights for "pooled": "sigmoid" = each mask's own sigmoid; "assignment" = sigmoid × the
+    # per-pixel softmax over queries, so a pixel counts for the masks that claim it. With plain sigmoids a
+    # small object's soft mask still holds thousands of low-weight background pixels, and its pooled
+    # feature becomes mostly background (measured: README, "Does it learn?").
+    mask_pooling: Literal["sigmoid", "assignment"] = "assignment"
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "ModelConfig":

@@ -12,12 +12,19 @@ from sseg.models.maskformer import MaskFormer
 from sseg.models.text import TextEncoder, projection_mlp
 
 
-def mask_pooled_features(pixel_features: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-    """Average [B,C,h,w] pixel features under each mask's sigmoid [B,N,h,w] → [B,N,C].
+def mask_pooled_features(pixel_features: torch.Tensor, mask_logits: torch.Tensor,
+                         pooling: str = "sigmoid") -> torch.Tensor:
+    """Average [B,C,h,w] pixel features under each mask [B,N,h,w] → [B,N,C].
 
-    The weights are detached: the pooled feature trains the semantic map, not the masks.
+    ``sigmoid``: weights = the mask's sigmoid. ``assignment``: weights = sigmoid × softmax over the N
+    queries at each pixel (a pixel counts for the masks that claim it). The weights are detached: the
+    pooled feature trains the semantic map, not the masks.
     """
-    weights = mask_logits.detach().sigmoid().flatten(2)  # [B,N,hw]
+    logits = mask_logits.detach()
+    weights = logits.sigmoid()
+    if pooling == "assignment":
+        weights = weights * logits.softmax(dim=1)
+    weights = weights.flatten(2)  # [B,N,hw]
     pooled = torch.einsum("bnp,bcp->bnc", weights, pixel_features.flatten(2))
     return pooled / (weights.sum(-1, keepdim=True) + 1e-6)
 
@@ -37,7 +44,7 @@ class SSegModel(nn.Module):
                        semantic_map: torch.Tensor | None) -> torch.Tensor:
         if semantic_map is None:
             return self.image_projection(query_features)
-        return self.image_projection(mask_pooled_features(semantic_map, mask_logits))
+        return self.image_projection(mask_pooled_features(semantic_map, mask_logits, self.cfg.mask_pooling))
 
     def encode_image(self, images: torch.Tensor) -> dict[str, Any]:
         """images: normalised float [B,3,H,W] (H, W multiples of 32).
