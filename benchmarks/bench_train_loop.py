@@ -45,7 +45,7 @@ def load_samples(cache_dir: str, count: int, size: int, seed: int = 0):
             image, mask = random_resized_crop(image, size, rng, labels=mask)
             images.append(image)
             segments.append(mask)
-            captions.append(" ".join(row["words"]) if TEXT == "words" and row["words"] else row["caption"])
+            captions.append(" ".join(row["words"]) if TEXT in ("words", "word") and row["words"] else row["caption"])
             if len(images) == count:
                 return np.stack(images), np.stack(segments), np.asarray(captions, dtype=object)
     return np.stack(images), np.stack(segments), np.asarray(captions, dtype=object)
@@ -77,7 +77,10 @@ def plain_loop(data, model_cfg, args) -> tuple[float, torch.nn.Module, list]:
         if i == args.skip:
             started = time.perf_counter()
         idx = rng.choice(len(images), args.batch, replace=False)
-        batch = prepare_batch(images[idx], segments[idx], captions[idx], model_cfg.context_length,
+        texts = captions[idx]
+        if TEXT == "word":
+            texts = np.asarray([rng.choice(t.split()) for t in texts], dtype=object)
+        batch = prepare_batch(images[idx], segments[idx], texts, model_cfg.context_length,
                               torch.device("cpu"))
         metrics = step(batch)
         if (i + 1) % 50 == 0:
@@ -167,7 +170,7 @@ def main() -> None:
     parser.add_argument("--variant", choices=["query", "pooled"], default="query")
     parser.add_argument("--model", nargs="*", default=[], help="ModelConfig overrides key=value")
     parser.add_argument("--eval", action="store_true")
-    parser.add_argument("--text", choices=["words", "caption"], default="words")
+    parser.add_argument("--text", choices=["words", "caption", "word"], default="words")
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--templates", nargs="+", default=["clip7"])
     parser.add_argument("--save", help="save the trained model's state_dict here")

@@ -28,9 +28,10 @@ class DataConfig(StrictModel):
     image_size: int = Field(default=224, gt=7)  # training crop / pseudo-mask resolution
     crop_scale: tuple[float, float] = (0.5, 1.0)
     read_concurrency: int | None = Field(default=None, gt=0)
-    # The text the model trains on: the caption's nouns and verbs (the paper, following GroupViT) or
-    # the full caption.
-    text: Literal["words", "caption"] = "words"
+    # The text the model trains on: the caption's nouns and verbs (the paper, following GroupViT), one of
+    # those words drawn per sample (GroupViT's multi-label idea: the text matches the one-word class
+    # queries of inference), or the full caption.
+    text: Literal["words", "word", "caption"] = "words"
     decode_batch_size: int = Field(default=64, gt=0)
 
     @field_validator("crop_scale")

@@ -111,6 +111,16 @@ def test_mask_pooled_features_hand_case() -> None:
     torch.testing.assert_close(pooled, torch.tensor([[[2.0, 15.0], [1.0, 10.0]]]), rtol=1e-4, atol=1e-4)
 
 
+def test_assignment_pooling_hand_case() -> None:
+    # Two pixels; mask 0 is uniform (logit 0 → sigmoid .5), mask 1 claims the left pixel strongly.
+    pixel = torch.tensor([[[[1.0, 3.0]], [[10.0, 20.0]]]])
+    logits = torch.tensor([[[[0.0, 0.0]], [[100.0, -100.0]]]])
+    pooled = mask_pooled_features(pixel, logits, pooling="assignment")
+    # weights = sigmoid × softmax over masks: mask 0 → left .5·e^0/(e^0+e^100) ≈ 0, right .5·1 = .5
+    # so mask 0 pools the right pixel only; mask 1 → left 1·1, right 0 → the left pixel.
+    torch.testing.assert_close(pooled, torch.tensor([[[3.0, 20.0], [1.0, 10.0]]]), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("source", ["query", "pooled"])
 def test_mask_feature_source_gradients(source: str) -> None:
     torch.manual_seed(0)

@@ -82,6 +82,9 @@ class WorldConfig(StrictModel):
     max_objects: int = Field(4, ge=1, le=8)
     jpeg_quality: int = Field(90, ge=1, le=100)
     ignore_boundaries: bool = True
+    # Multiplies every object's size. At small image sizes objects must span several cells of a
+    # stride-4 mask to be learnable at all (see README, "Does it learn?").
+    object_scale: float = Field(1.0, gt=0.1, le=3.0)
     min_visible_fraction: float = Field(
         0.005, ge=0.0, le=0.5, description="a class counts as present (captioned) above this area"
     )
@@ -118,7 +121,7 @@ def render_sample(seed: int, index: int, config: WorldConfig, split: Split = "tr
     if seed < 0 or index < 0:
         raise DataError(f"world seed and index must be >= 0, got seed={seed} index={index}")
     rng = np.random.default_rng([seed, _STREAMS[split], index])
-    scene = render_scene(rng, config.image_size, config.min_objects, config.max_objects)
+    scene = render_scene(rng, config.image_size, config.min_objects, config.max_objects, config.object_scale)
     caption = compose_caption(rng, scene, config.min_pixels, config.caption_noise)
     objects = tuple(n for i, n in enumerate(WORLD_CLASSES) if scene.class_pixels[i] >= config.min_pixels)
     return WorldSample(

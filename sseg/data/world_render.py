@@ -410,6 +410,7 @@ def render_scene(
     size: int,
     min_objects: int,
     max_objects: int,
+    object_scale: float = 1.0,
 ) -> Scene:
     """Draw one scene with ``size``×``size`` pixels from ``rng``."""
     image = np.empty((size, size, 3), dtype=F32)
@@ -422,6 +423,7 @@ def render_scene(
     for name in names:
         cy, cx = _place(rng, name, stuff_label)
         extent = rng.uniform(0.18, 0.42) * (0.75 + 0.5 * cy)  # full size, bigger when nearer
+        extent = min(0.9, extent * object_scale)
         placed.append((cy, cx, extent, name))
     placed.sort(key=lambda item: item[0])  # far (high in frame) first: painter's order
 
@@ -453,7 +455,8 @@ def render_scene(
         np.copyto(image[y0:y1, x0:x1], rgb, where=inside[:, :, None])
         np.copyto(label[y0:y1, x0:x1], np.uint8(CLASS_ID[name]), where=inside)
         np.copyto(instance[y0:y1, x0:x1], np.uint8(number), where=inside)
-        size_word = "small" if extent < 0.22 else ("big" if extent > 0.36 else None)
+        relative = extent / object_scale  # the caption's size words describe the unscaled draw
+        size_word = "small" if relative < 0.22 else ("big" if relative > 0.36 else None)
         ground_y = min(size - 1, int(cy * size))
         ground_x = min(size - 1, int(cx * size))
         ground = _stuff_name(int(stuff_label[ground_y, ground_x]))
