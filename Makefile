@@ -21,7 +21,7 @@ demo: setup
 	$(PY) jobs/pretrain.py
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests

@@ -206,16 +206,6 @@ def test_shards_read_with_webdataset(world):
         assert json.loads(sample["json"])["caption"] == sample["txt"].decode()
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_shards_read_with_ray_data(world, ray_session):
     rows = ray_session.data.read_webdataset([str(p) for p in world.shard_paths]).take_all()
     assert sorted(r["__key__"] for r in rows) == [f"{i:09d}" for i in range(11)]

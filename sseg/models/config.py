@@ -52,6 +52,9 @@ class ModelConfig(StrictModel):
     # small object's soft mask still holds thousands of low-weight background pixels, and its pooled
     # feature becomes mostly background (measured: README, "Does it learn?").
     mask_pooling: Literal["sigmoid", "assignment"] = "assignment"
+    # "pooled" only: 3×3 conv layers (GroupNorm, GELU) before the 1×1 projection to the semantic map;
+    # 0 = the 1×1 projection alone.
+    semantic_head_layers: int = Field(0, ge=0, le=4)
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "ModelConfig":
