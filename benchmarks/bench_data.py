@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import sseg  # noqa: E402,F401
-from sseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor  # noqa: E402
+from sseg.data.transforms import to_normalized_tensor  # noqa: E402
 
 
 def plain_loop(shards: list[str], size: int, batch: int) -> dict:

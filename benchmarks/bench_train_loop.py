@@ -37,7 +37,14 @@ def load_samples(cache_dir: str, count: int, size: int, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     images, segments, captions = [], [], []
-    for path in sorted(Path(cache_dir).glob("*.parquet")):
+    files = sorted(Path(cache_dir).glob("*.parquet"))
+    if not files:  # a cache base dir: take its newest <generator>-<hash> cache
+        caches = sorted((p for p in Path(cache_dir).glob("*/") if any(p.glob("*.parquet"))),
+                        key=lambda p: p.stat().st_mtime)
+        if not caches:
+            raise SystemExit(f"no pseudo-mask cache under {cache_dir}: run jobs/pseudo_masks.py first")
+        files = sorted(caches[-1].glob("*.parquet"))
+    for path in files:
         table = pq.read_table(path, columns=["image", "mask_png", "caption", "words"]).to_pylist()
         for row in table:
             image = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"))
@@ -99,9 +106,11 @@ def ray_loop(data, model_cfg, args) -> float:
     images, segments, captions = data
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}})
-    ds = ray.data.from_numpy({"image": images, "segments": segments}).materialize()
-    ds = ds.zip(ray.data.from_items([{"caption": c} for c in captions])).materialize()
-    config = {"model": model_cfg.model_dump(mode="json"), "args": vars(args)}
+    ds = ray.data.from_items([{"image": i, "segments": s, "caption": c}
+                              for i, s, c in zip(images, segments, captions)]).materialize()
+    result_file = ROOT / "runs" / "bench" / "ray_rate.json"
+    result_file.parent.mkdir(parents=True, exist_ok=True)
+    config = {"model": model_cfg.model_dump(mode="json"), "args": vars(args), "result_file": str(result_file)}
 
     def loop(cfg: dict) -> None:
         import sseg  # noqa: F401
@@ -125,15 +134,15 @@ def ray_loop(data, model_cfg, args) -> float:
                 if done == a.steps:
                     break
         rate = (a.steps - a.skip) * a.batch / (time.perf_counter() - started)
-        ray.train.report({"images_per_s": rate})
+        Path(cfg["result_file"]).write_text(json.dumps({"images_per_s": rate}))
 
     trainer = TorchTrainer(loop, train_loop_config=config,
                            scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
                            run_config=RunConfig(storage_path=str(ROOT / "runs" / "bench"), name="bench"),
                            datasets={"train": ds})
-    result = trainer.fit()
+    trainer.fit()
     ray.shutdown()
-    return float(result.metrics["images_per_s"])
+    return float(json.loads(result_file.read_text())["images_per_s"])
 
 
 def evaluate(model, voc_root: str, max_images: int, templates: str) -> dict:
