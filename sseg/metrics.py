@@ -26,7 +26,7 @@ from sseg.errors import DataError
 ArrayLike = np.ndarray | torch.Tensor
 
 
-def _as_int_array(values: ArrayLike, what: str) -> np.ndarray:
+def as_int_array(values: ArrayLike, what: str) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     array = np.asarray(values)
@@ -61,8 +61,8 @@ class ConfusionMatrix:
         Pixels whose ground truth is ``ignore_index`` are skipped. Any other ground-truth or
         predicted value outside ``[0, num_classes)`` is a :class:`DataError`.
         """
-        pred_ids = _as_int_array(pred, "prediction")
-        gt_ids = _as_int_array(gt, "ground truth")
+        pred_ids = as_int_array(pred, "prediction")
+        gt_ids = as_int_array(gt, "ground truth")
         if pred_ids.shape != gt_ids.shape:
             raise DataError(f"prediction shape {pred_ids.shape} != ground-truth shape {gt_ids.shape}")
         pred_ids, gt_ids = pred_ids.ravel(), gt_ids.ravel()

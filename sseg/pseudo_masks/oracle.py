@@ -11,18 +11,9 @@ import numpy as np
 import torch
 
 from sseg.errors import DataError
-from sseg.metrics import ConfusionMatrix
+from sseg.metrics import ConfusionMatrix, as_int_array
 
 ArrayLike = np.ndarray | torch.Tensor
-
-
-def _as_int_array(values: ArrayLike, what: str) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    array = np.asarray(values)
-    if array.dtype.kind not in "iu":
-        raise DataError(f"{what} must hold integer ids (got dtype {array.dtype})")
-    return array
 
 
 def oracle_relabel(segments: ArrayLike, gt: ArrayLike, ignore_index: int | None = 255) -> np.ndarray:
@@ -31,8 +22,8 @@ def oracle_relabel(segments: ArrayLike, gt: ArrayLike, ignore_index: int | None 
     A segment all of whose pixels are ``ignore_index`` gets ``ignore_index``; ties go to the
     smaller label. Returns an array of ``gt``'s shape and integer dtype.
     """
-    seg = _as_int_array(segments, "segments")
-    labels = _as_int_array(gt, "ground truth")
+    seg = as_int_array(segments, "segments")
+    labels = as_int_array(gt, "ground truth")
     if seg.shape != labels.shape:
         raise DataError(f"segments shape {seg.shape} != ground-truth shape {labels.shape}")
     seg_ids, seg_index = np.unique(seg.ravel(), return_inverse=True)
@@ -58,8 +49,8 @@ class OracleMIoU:
 
     def update(self, segments: ArrayLike, gt: ArrayLike) -> None:
         """Add one image [H, W] or a batch [B, H, W] of segment maps and ground truth."""
-        seg = _as_int_array(segments, "segments")
-        labels = _as_int_array(gt, "ground truth")
+        seg = as_int_array(segments, "segments")
+        labels = as_int_array(gt, "ground truth")
         if seg.shape != labels.shape:
             raise DataError(f"segments shape {seg.shape} != ground-truth shape {labels.shape}")
         if seg.ndim == 2:
