@@ -37,7 +37,9 @@ def oracle_relabel(segments: ArrayLike, gt: ArrayLike, ignore_index: int | None 
     ).reshape(len(seg_ids), num_labels)
     fallback = ignore_index if ignore_index is not None else 0
     majority = np.where(votes.sum(axis=1) > 0, votes.argmax(axis=1), fallback)
-    return majority[seg_index].reshape(labels.shape).astype(labels.dtype)
+    source = gt.detach().cpu().numpy() if isinstance(gt, torch.Tensor) else np.asarray(gt)
+    out_dtype = source.dtype  # keep the caller's integer dtype
+    return majority[seg_index].reshape(labels.shape).astype(out_dtype)
 
 
 class OracleMIoU:
