@@ -20,8 +20,8 @@ class SkipCounter:
 
 
 def make_counter(run_name: str):
-    return SkipCounter.options(name=f"sseg-skips-{run_name}", get_if_exists=True,
-                               lifetime="detached" if False else None).remote()
+    """The run's counter (named, so every task and actor of the run finds the same one)."""
+    return SkipCounter.options(name=f"sseg-skips-{run_name}", get_if_exists=True).remote()
 
 
 def report(counter, counts: Counter) -> None:

@@ -150,7 +150,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def make_trainer(cfg, dataset, *, loop_config: dict, run_name: str):
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

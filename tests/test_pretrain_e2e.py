@@ -4,7 +4,6 @@ worker death → automatic resume from the checkpoint in the same MLflow run; --
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
