@@ -151,3 +151,23 @@ def test_cache_reader_rejects_foreign_parquet(tmp_path):
     (cache.root / "_done" / "00000.tar.json").write_text(json.dumps({"shard": "00000.tar", "rows": 1}))
     with pytest.raises(DataError, match="missing column 'shard'"):
         cache.files()
+
+
+def test_training_text_modes():
+    from pipelines.train_data import training_text
+
+    batch = {"caption": np.array(["Two balls lying on the sand", "a photo"], dtype=object),
+             "words": np.array([["balls", "lying", "sand"], []], dtype=object)}
+    assert training_text(batch, "caption").tolist() == ["Two balls lying on the sand", "a photo"]
+    assert training_text(batch, "words").tolist() == ["balls lying sand", "a photo"]  # caption fallback
+    picked = training_text(batch, "word", np.random.default_rng(0)).tolist()
+    assert picked[0] in {"balls", "lying", "sand"} and picked[1] == "a photo"
+
+
+def test_caption_words_keep_nouns_and_verbs():
+    from sseg.data.captions import caption_words_method, extract_words
+
+    words = extract_words("Two small red balls are lying in the sand under a blue sky.")
+    assert {"balls", "lying", "sand", "sky"} <= set(words)
+    assert not {"two", "small", "red", "the", "a", "under", "blue"} & set(words)
+    assert caption_words_method() in ("nltk-pos", "stopword-filter")
