@@ -367,12 +367,9 @@ def test_legend_grid_and_chart():
 
 
 def test_with_the_real_tiny_model():
-    try:
-        from sseg.models.config import ModelConfig
-        from sseg.models.sseg_model import SSegModel
-        from sseg.models.text import tokenize
-    except ImportError as exc:  # the model package is developed in parallel
-        pytest.skip(f"sseg.models unavailable: {exc}")
+    from sseg.models.config import ModelConfig
+    from sseg.models.sseg_model import SSegModel
+    from sseg.models.text import tokenize
     torch.manual_seed(0)
     model = SSegModel(ModelConfig.tiny())
     cfg = SegmentConfig(short_side=64, window=64, stride=32, templates="single")
