@@ -58,7 +58,8 @@ def load_samples(cache_dir: str, count: int, size: int, seed: int = 0):
     return np.stack(images), np.stack(segments), np.asarray(captions, dtype=object)
 
 
-def build_step(model_cfg, num_segments: int, lr: float, total_steps: int, warmup: int, seed: int):
+def build_step(model_cfg, num_segments: int, lr: float, total_steps: int, warmup: int, seed: int,
+               weight_words: float = 0.0, weight_mask: float = 1.0, weight_contrastive: float = 1.0):
     from sseg.losses.contrastive import ContrastiveLoss
     from sseg.losses.criterion import SSegCriterion
     from sseg.models import SSegModel
@@ -68,7 +69,8 @@ def build_step(model_cfg, num_segments: int, lr: float, total_steps: int, warmup
     model = SSegModel(model_cfg)
     optimizer = build_optimizer(model, lr, 0.05, (0.9, 0.999))
     scheduler = cosine_with_warmup(optimizer, total_steps, warmup)
-    criterion = SSegCriterion(contrastive=ContrastiveLoss())
+    criterion = SSegCriterion(contrastive=ContrastiveLoss(), weight_words=weight_words, weight_mask=weight_mask,
+                              weight_contrastive=weight_contrastive)
     return model, TrainStep(model, criterion, optimizer, scheduler, num_segments, 1.0)
 
 
@@ -76,8 +78,14 @@ def plain_loop(data, model_cfg, args) -> tuple[float, torch.nn.Module, list]:
     from sseg.training import prepare_batch
 
     images, segments, captions = data
-    model, step = build_step(model_cfg, 8, args.lr, args.steps, args.warmup, args.seed)
+    model, step = build_step(model_cfg, 8, args.lr, args.steps, args.warmup, args.seed, args.words,
+                             args.mask_weight, args.contrastive_weight)
     rng = np.random.default_rng(args.seed)
+    word_templates = None
+    if args.words > 0:
+        from sseg.prompts import resolve_templates
+
+        word_templates = resolve_templates(args.word_templates)
     history = []
     started = None
     for i in range(args.steps):
@@ -88,7 +96,7 @@ def plain_loop(data, model_cfg, args) -> tuple[float, torch.nn.Module, list]:
         if TEXT == "word":
             texts = np.asarray([rng.choice(t.split()) for t in texts], dtype=object)
         batch = prepare_batch(images[idx], segments[idx], texts, model_cfg.context_length,
-                              torch.device("cpu"))
+                              torch.device("cpu"), word_templates)
         metrics = step(batch)
         if (i + 1) % 50 == 0:
             history.append({"step": i + 1, **{k: round(v, 4) for k, v in metrics.items()}})
@@ -180,6 +188,10 @@ def main() -> None:
     parser.add_argument("--model", nargs="*", default=[], help="ModelConfig overrides key=value")
     parser.add_argument("--eval", action="store_true")
     parser.add_argument("--text", choices=["words", "caption", "word"], default="words")
+    parser.add_argument("--words", type=float, default=0.0, help="word-alignment loss weight")
+    parser.add_argument("--word-templates", default="clip7")
+    parser.add_argument("--mask-weight", type=float, default=1.0)
+    parser.add_argument("--contrastive-weight", type=float, default=1.0)
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--templates", nargs="+", default=["clip7"])
     parser.add_argument("--save", help="save the trained model's state_dict here")

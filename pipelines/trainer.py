@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from sseg.losses.contrastive import ContrastiveLoss
     from sseg.losses.criterion import SSegCriterion
     from sseg.models import SSegModel
+    from sseg.prompts import resolve_templates
     from sseg.tracking import Tracker
     from sseg.training import (TrainStep, build_optimizer, check_model_config, cosine_with_warmup,
                                load_checkpoint, prepare_batch, save_checkpoint)
@@ -81,7 +83,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     criterion = SSegCriterion(
         weight_focal=cfg.train.weight_focal, weight_dice=cfg.train.weight_dice,
         weight_mask=cfg.train.weight_mask, weight_contrastive=cfg.train.weight_contrastive,
-        contrastive=ContrastiveLoss())
+        contrastive=ContrastiveLoss(), weight_words=cfg.train.weight_words)
+    word_templates = resolve_templates(cfg.train.word_templates) if cfg.train.weight_words > 0 else None
+    word_rng = random.Random(cfg.train.seed * 1009 + rank)
     train_step = TrainStep(model, criterion, optimizer, scheduler, cfg.pseudo_masks.num_segments,
                            cfg.train.grad_clip, world_size=world_size, bf16=bf16)
     tracker = Tracker(cfg.tracking.experiment, run_id=loop_config["mlflow_run_id"], enabled=rank == 0,
@@ -116,7 +120,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     print(f"[sseg] fault injection: worker exits at step {step}", flush=True)
                     os._exit(1)
             data = prepare_batch(batch["image"], batch["segments"], batch["caption"],
-                                 cfg.model.context_length, device)
+                                 cfg.model.context_length, device, word_templates, word_rng)
             metrics = train_step(data)
             if not _all_true(math.isfinite(metrics["loss"]), device):
                 report({"step": step, "nan_stop": 1.0}, save=False)
@@ -136,6 +140,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     print(f"[sseg] step {step}/{total_steps} loss {metrics['loss']:.3f} "
                           f"mask {metrics.get('loss_mask', float('nan')):.3f} "
                           f"con {metrics.get('loss_contrastive', float('nan')):.3f} "
+                          + (f"words {metrics['loss_words']:.3f} " if "loss_words" in metrics else "") +
                           f"T {metrics['temperature']:.1f} collapse {metrics['query_collapse']:.2f} "
                           f"{metrics['images_per_s']:.0f} img/s", flush=True)
                 save = step % cfg.train.checkpoint_every == 0 or step == total_steps

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from sseg.config import StrictModel
 from sseg.data.world import WorldConfig
@@ -87,6 +87,11 @@ class TrainConfig(StrictModel):
     weight_contrastive: float = 1.0
     weight_focal: float = 20.0
     weight_dice: float = 1.0
+    # Word-to-mask alignment (sseg.losses.word_alignment; not in the paper, 0 = the paper's loss): every
+    # word of an image's training text should match one of its masks, each word prompted with a template
+    # drawn from this set (the set inference uses by default).
+    weight_words: float = Field(default=0.0, ge=0)
+    word_templates: str | list[str] = "clip7"
     # Fault-injection hook for tests: the rank-0 worker exits abruptly once when it reaches this step.
     fault_injection_step: int | None = None
 
@@ -119,6 +124,13 @@ class PretrainConfig(StrictModel):
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig(experiment="sseg-pretrain")
+
+    @model_validator(mode="after")
+    def _words_need_word_text(self) -> "PretrainConfig":
+        if self.train.weight_words > 0 and self.data.text == "caption":
+            raise ValueError("train.weight_words > 0 needs data.text=words or word (the alignment "
+                             "labels are the training text's words; a full caption's are mostly stop words)")
+        return self
 
 
 def _tiny_model() -> ModelConfig:

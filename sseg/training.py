@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -51,17 +52,29 @@ class Batch:
     images: torch.Tensor  # float [B,3,H,W], normalised
     segments: torch.Tensor  # long [B,H,W], ids 0..K-1
     tokens: torch.Tensor  # long [B,L]
+    word_tokens: torch.Tensor | None = None  # long [W,L]: one prompt per batch-vocabulary word
+    word_labels: torch.Tensor | None = None  # bool [B,W]
 
 
 def prepare_batch(images: Any, segments: Any, captions: Any, context_length: int,
-                  device: torch.device) -> Batch:
+                  device: torch.device, word_templates: Sequence[str] | None = None,
+                  rng: random.Random | None = None) -> Batch:
+    """``word_templates``: also build the word-alignment targets (vocabulary prompts and labels)."""
     from sseg.models.text import tokenize
 
     captions = [str(c) for c in (captions.tolist() if isinstance(captions, np.ndarray) else captions)]
+    word_tokens = word_labels = None
+    if word_templates:
+        from sseg.losses.word_alignment import build_word_targets
+
+        words = build_word_targets(captions, word_templates, rng)
+        word_tokens = tokenize(words.prompts, context_length).to(device, non_blocking=True)
+        word_labels = words.labels.to(device, non_blocking=True)
     return Batch(
         images=to_normalized_tensor(torch.as_tensor(images)).to(device, non_blocking=True),
         segments=torch.as_tensor(segments).long().to(device, non_blocking=True),
         tokens=tokenize(captions, context_length).to(device, non_blocking=True),
+        word_tokens=word_tokens, word_labels=word_labels,
     )
 
 
@@ -91,10 +104,10 @@ class TrainStep:
         self.model.train()
         device_type = batch.images.device.type
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=self.bf16):
-            outputs = self.model(batch.images, batch.tokens)
+            outputs = self.model(batch.images, batch.tokens, batch.word_tokens)
         outputs = _to_float(outputs)
         targets = pseudo_masks_to_targets(batch.segments, self.num_segments)
-        losses = self.criterion(outputs, targets, world_size=self.world_size)
+        losses = self.criterion(outputs, targets, world_size=self.world_size, word_labels=batch.word_labels)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         grad_norm = None

@@ -45,6 +45,7 @@ def test_paper_config_loads_with_paper_sizes():
     (["model.mask_feature_source=cls"], "must be one of query, pooled"),
     (["train.steps=-3"], "config field 'train.steps'"),
     (["train"], "must look like section.field=value"),
+    (["train.weight_words=1", "data.text=caption"], "train.weight_words > 0 needs data.text=words"),
 ])
 def test_errors_are_one_line_and_name_the_field(override, expected):
     with pytest.raises(ConfigError) as err:

@@ -1,6 +1,7 @@
 """S-Seg training loss: Hungarian-matched mask loss (every decoder layer) + image-text contrastive loss.
 
-loss = weight_mask · Σ_layers (weight_focal · focal + weight_dice · dice) + weight_contrastive · InfoNCE.
+loss = weight_mask · Σ_layers (weight_focal · focal + weight_dice · dice) + weight_contrastive · InfoNCE
+       [+ weight_words · word-to-mask alignment, a deviation from the paper: sseg.losses.word_alignment].
 Unmatched queries get no mask loss (no "no-object" term, no class cost). The mask losses are
 divided by the number of target masks averaged over workers (all-reduced, clamped ≥ 1).
 """
@@ -17,6 +18,7 @@ from sseg.errors import DataError, SsegError
 from sseg.losses.contrastive import ContrastiveLoss
 from sseg.losses.mask_losses import dice_loss, sigmoid_focal_loss
 from sseg.losses.matcher import HungarianMatcher, MatchIndices
+from sseg.losses.word_alignment import WordAlignmentLoss
 
 
 def pseudo_masks_to_targets(segments: torch.Tensor, num_segments: int) -> list[torch.Tensor]:
@@ -53,12 +55,14 @@ def _average_num_masks(targets: Sequence[torch.Tensor], device: torch.device,
 class SSegCriterion(nn.Module):
     def __init__(self, weight_focal: float = 20.0, weight_dice: float = 1.0, weight_mask: float = 1.0,
                  weight_contrastive: float = 1.0, contrastive: ContrastiveLoss | None = None,
-                 matcher: HungarianMatcher | None = None) -> None:
+                 matcher: HungarianMatcher | None = None, weight_words: float = 0.0) -> None:
         super().__init__()
         self.weight_focal = weight_focal
         self.weight_dice = weight_dice
         self.weight_mask = weight_mask
         self.weight_contrastive = weight_contrastive
+        self.weight_words = weight_words
+        self.word_alignment = WordAlignmentLoss()
         self.contrastive = contrastive if contrastive is not None else ContrastiveLoss()
         self.matcher = matcher if matcher is not None else HungarianMatcher(weight_focal, weight_dice)
         # matching of the last decoder layer from the latest forward (for diagnostics)
@@ -82,8 +86,10 @@ class SSegCriterion(nn.Module):
         return focal, dice, indices
 
     def forward(self, outputs: dict[str, Any], targets: Sequence[torch.Tensor],
-                world_size: int | None = None) -> dict[str, torch.Tensor]:
-        """outputs: SSegModel.forward's dict; targets: per-image bool masks [K_i,H,W]."""
+                world_size: int | None = None, word_labels: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """outputs: SSegModel.forward's dict; targets: per-image bool masks [K_i,H,W];
+        word_labels: bool [B,W] for outputs["word_features"] (needed when weight_words > 0)."""
         pred_masks = outputs["pred_masks"]
         shapes = {tuple(t.shape[-2:]) for t in targets}
         if len(shapes) > 1:
@@ -101,6 +107,13 @@ class SSegCriterion(nn.Module):
         contrastive = self.contrastive(outputs["image_features"], outputs["text_features"],
                                        outputs["logit_scale"])
         total = self.weight_mask * loss_mask + self.weight_contrastive * contrastive.loss
+        if self.weight_words > 0:
+            if word_labels is None or "word_features" not in outputs:
+                raise SsegError("weight_words > 0 needs word features (word_tokens) and word labels")
+            words = self.word_alignment(outputs["mask_features"], outputs["word_features"], word_labels,
+                                        outputs["logit_scale"])
+            total = total + self.weight_words * words.loss
+            losses.update(loss_words=words.loss, word_accuracy=words.accuracy)
         losses.update(loss=total, loss_mask=loss_mask, loss_focal=focal, loss_dice=dice,
                       loss_contrastive=contrastive.loss, contrastive_accuracy=contrastive.accuracy,
                       num_masks=num_masks.detach())

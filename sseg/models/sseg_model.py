@@ -82,10 +82,15 @@ class SSegModel(nn.Module):
     def current_logit_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=self.cfg.max_logit_scale).exp()
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor,
+                word_tokens: torch.Tensor | None = None) -> dict[str, Any]:
+        """``word_tokens`` [W,L]: single-word prompts of the word-alignment loss (their features are
+        returned as "word_features"); encoded here so DDP sees every use of the text tower."""
         outputs = self.encode_image(images)
         outputs["image_features"] = outputs["mask_features"].mean(dim=1)
         outputs["text_features"] = self.encode_text(tokens)
+        if word_tokens is not None:
+            outputs["word_features"] = self.encode_text(word_tokens)
         outputs["logit_scale"] = self.current_logit_scale()
         return outputs
 
