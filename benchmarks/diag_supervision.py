@@ -35,6 +35,34 @@ import torch.nn.functional as F  # noqa: E402
 import sseg  # noqa: E402,F401
 
 
+def text_lm_warm_start(model, texts: list[str], steps: int, rng: np.random.Generator,
+                       batch: int = 256) -> float:
+    """Next-token prediction on the texts through the (causal) text tower, output layer tied to the
+    token embedding and restricted to the tokens the texts use."""
+    from sseg.models.text import tokenize
+
+    tower = model.text_encoder.transformer
+    tokens = tokenize(texts, model.cfg.context_length)
+    used = torch.unique(tokens)
+    remap = torch.full((model.cfg.vocab_size,), -100, dtype=torch.long)
+    remap[used] = torch.arange(len(used))
+    optimizer = torch.optim.AdamW(tower.parameters(), lr=1e-3, weight_decay=0.05)
+    tower.output_tokens = True
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        x = tokens[torch.as_tensor(rng.choice(len(tokens), batch, replace=False))]
+        _, hidden = tower(x)
+        logits = hidden[:, :-1] @ tower.token_embedding.weight[used].T
+        target = remap[x[:, 1:]]
+        target[x[:, 1:] == 0] = -100  # padding after the end-of-text token
+        loss = F.cross_entropy(logits.reshape(-1, len(used)), target.reshape(-1), ignore_index=-100)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    tower.output_tokens = False
+    return float(loss.detach())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--supervision", choices=["dense", "objects", "mentioned", "words"], default="dense")
@@ -46,6 +74,8 @@ def main() -> None:
     parser.add_argument("--voc", default=str(ROOT / "data/world/voc"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--text-lm-steps", type=int, default=0,
+                        help="first train the text tower as a causal language model on the captions' words")
     args = parser.parse_args()
     if args.supervision in ("dense", "words") and args.head != ("linear" if args.supervision == "dense" else "text"):
         raise SystemExit(f"--supervision {args.supervision} needs --head "
@@ -100,6 +130,11 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
+    if args.text_lm_steps:
+        lm_loss = text_lm_warm_start(model, [" ".join(extract_words(s.caption)) for s in samples],
+                                     args.text_lm_steps, rng)
+        print(f"text LM warm start: {args.text_lm_steps} steps, final loss {lm_loss:.3f}, "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
     for step in range(args.steps):
         idx = rng.choice(len(images), args.batch, replace=False)
         x = to_normalized_tensor(torch.as_tensor(images[idx]))
@@ -126,6 +161,7 @@ def main() -> None:
     per_class = dict(zip(names, (round(float(v), 3) for v in result["per_class_iou"])))
     things = [per_class[n] for n in names[:10]]
     print(json.dumps({"supervision": args.supervision, "head": args.head, "steps": args.steps,
+                      "text_lm_steps": args.text_lm_steps,
                       "vocabulary": len(train_names), "miou": round(float(result["miou"]), 4),
                       "thing_iou_min": min(things), "thing_iou_max": max(things),
                       "train_seconds": round(time.perf_counter() - started, 1), "per_class_iou": per_class}))
