@@ -83,9 +83,15 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
 
     tags = {STAGE_TAG: "pretrain", "sseg.mask_feature_source": cfg.model.mask_feature_source,
             "sseg.pseudo_mask_generator": cfg.pseudo_masks.generator}
+    deviations = []
     if cfg.model.mask_feature_source != "query":
-        tags["sseg.deviation"] = ("mask features pooled from a pixel-feature map under each predicted "
-                                  "mask (the paper uses the decoder query outputs)")
+        deviations.append("mask features pooled from a pixel-feature map under each predicted mask (the "
+                          "paper uses the decoder query outputs)")
+    if cfg.train.weight_words > 0:
+        deviations.append(f"word-to-mask alignment loss added with weight {cfg.train.weight_words} "
+                          "(not in the paper)")
+    if deviations:
+        tags["sseg.deviation"] = "; ".join(deviations)
     if cfg.pseudo_masks.generator == "pixel":
         tags["sseg.note"] = "pseudo masks from the pixel K-Means baseline (no DINO checkpoint given)"
     if cfg.tracking.parent_run_id:

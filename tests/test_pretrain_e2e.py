@@ -48,7 +48,7 @@ def trained(ray_session, workdir):
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
-            assert main(TINY + ["train.steps=6", "train.fault_injection_step=3",
+            assert main(TINY + ["train.steps=6", "train.fault_injection_step=3", "train.weight_words=1",
                                 "tracking.run_name=faulty"]) == 0
     finally:
         os.chdir(old)
@@ -66,7 +66,9 @@ def test_worker_death_resumes_from_checkpoint_in_same_mlflow_run(trained, workdi
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train.loss")]
     assert max(steps) == 6 and 2 in steps  # logged before the failure and after the resume
     assert run.data.tags["sseg.stage"] == "pretrain"
-    assert "sseg.deviation" in run.data.tags  # pooled mask features are named as a deviation
+    assert "pooled" in run.data.tags["sseg.deviation"]  # both deviations are named
+    assert "word-to-mask" in run.data.tags["sseg.deviation"]
+    assert client.get_metric_history(run.info.run_id, "train.loss_words")  # the word loss ran under Ray Train
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert "eval/input_prediction_truth.png" in artifacts and "eval/per_class_iou.png" in artifacts
     for key in ("miou", "untrained_miou", "constant_class_miou", "mask_quality_miou",
