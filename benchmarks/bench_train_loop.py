@@ -29,6 +29,14 @@ from PIL import Image  # noqa: E402
 import sseg  # noqa: E402,F401
 
 TEXT = "words"
+CANONICAL = False  # diagnostic only: world synonyms/plurals in the training text → the class name
+
+
+def canonical_words(text: str) -> str:
+    from sseg.data.world_vocab import _word_to_class
+
+    table = _word_to_class()
+    return " ".join(table.get(w, w) for w in text.split())
 
 
 def load_samples(cache_dir: str, count: int, size: int, seed: int = 0):
@@ -53,6 +61,8 @@ def load_samples(cache_dir: str, count: int, size: int, seed: int = 0):
             images.append(image)
             segments.append(mask)
             captions.append(" ".join(row["words"]) if TEXT in ("words", "word") and row["words"] else row["caption"])
+            if CANONICAL:
+                captions[-1] = canonical_words(captions[-1])
             if len(images) == count:
                 return np.stack(images), np.stack(segments), np.asarray(captions, dtype=object)
     return np.stack(images), np.stack(segments), np.asarray(captions, dtype=object)
@@ -191,14 +201,17 @@ def main() -> None:
     parser.add_argument("--words", type=float, default=0.0, help="word-alignment loss weight")
     parser.add_argument("--word-templates", default="clip7")
     parser.add_argument("--mask-weight", type=float, default=1.0)
+    parser.add_argument("--canonical-words", action="store_true",
+                        help="diagnostic: replace the world's synonyms and plurals in the text by the class name")
     parser.add_argument("--contrastive-weight", type=float, default=1.0)
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--templates", nargs="+", default=["clip7"])
     parser.add_argument("--save", help="save the trained model's state_dict here")
     parser.add_argument("--load", help="skip training: evaluate this saved state_dict")
     args = parser.parse_args()
-    global TEXT
+    global TEXT, CANONICAL
     TEXT = args.text
+    CANONICAL = args.canonical_words
     torch.set_num_threads(args.threads)
     from sseg.config import parse_overrides
     from sseg.models.config import tiny_model_config
