@@ -18,7 +18,6 @@ It is per worker (the vocabulary is the local batch's); DDP averages its gradien
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,17 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sseg.data.captions import tokenize_words
 from sseg.errors import DataError
-
-_WORD = re.compile(r"[a-z][a-z'-]*")
 
 
 def text_words(text: str) -> list[str]:
     """Distinct lower-case words of a training text, in order of first appearance."""
-    seen: dict[str, None] = {}
-    for word in _WORD.findall(str(text).lower()):
-        seen.setdefault(word, None)
-    return list(seen)
+    return list(dict.fromkeys(tokenize_words(str(text))))
 
 
 @dataclass
@@ -58,8 +53,8 @@ def build_word_targets(texts: Sequence[str], templates: Sequence[str],
     for row, words in enumerate(per_text):
         for word in words:
             labels[row, index[word]] = True
-    draw = rng or random
-    prompts = [draw.choice(list(templates)).format(w) for w in vocabulary]
+    draw, templates = rng or random, list(templates)
+    prompts = [draw.choice(templates).format(w) for w in vocabulary]
     return WordTargets(prompts=prompts, vocabulary=vocabulary, labels=labels)
 
 

@@ -88,9 +88,11 @@ class SSegModel(nn.Module):
         returned as "word_features"); encoded here so DDP sees every use of the text tower."""
         outputs = self.encode_image(images)
         outputs["image_features"] = outputs["mask_features"].mean(dim=1)
-        outputs["text_features"] = self.encode_text(tokens)
-        if word_tokens is not None:
-            outputs["word_features"] = self.encode_text(word_tokens)
+        if word_tokens is None:
+            outputs["text_features"] = self.encode_text(tokens)
+        else:  # one pass of the text tower for captions and word prompts
+            texts = self.encode_text(torch.cat([tokens, word_tokens]))
+            outputs["text_features"], outputs["word_features"] = texts[:len(tokens)], texts[len(tokens):]
         outputs["logit_scale"] = self.current_logit_scale()
         return outputs
 
