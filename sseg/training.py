@@ -170,9 +170,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def _with_defaults(model_config: dict) -> dict:
+    """The config with every field filled in, so a checkpoint written before a field existed compares
+    equal to a config that leaves that field at its default."""
+    from sseg.models import ModelConfig
+
+    try:
+        return ModelConfig.model_validate(model_config).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError: compare the raw dicts, naming the first difference
+        return dict(model_config)
+
+
 def check_model_config(state: dict, model_config: dict, source: str) -> None:
     """Refuse to resume from a checkpoint of another model config (first differing field named)."""
-    saved = state.get("model_config", {})
+    saved = _with_defaults(state.get("model_config", {}))
+    model_config = _with_defaults(model_config)
     for key in sorted(set(saved) | set(model_config)):
         if saved.get(key) != model_config.get(key):
             raise CheckpointError(

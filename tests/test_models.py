@@ -287,3 +287,16 @@ def test_a_few_steps_reduce_the_loss(source: str) -> None:
     assert last["loss"] < 0.8 * first["loss"]
     assert last["loss_contrastive"] < first["loss_contrastive"]
     assert last["loss_mask"] < first["loss_mask"]
+
+
+def test_model_config_check_fills_defaults_and_names_the_differing_field() -> None:
+    from sseg.training import check_model_config
+
+    current = tiny_model_config().model_dump(mode="json")
+    older = {k: v for k, v in current.items() if k != "semantic_head_layers"}  # written before the field
+    check_model_config({"model_config": older}, current, "old")  # default value: the same model
+    changed = dict(current, num_queries=5)
+    with pytest.raises(CheckpointError, match=r"model.num_queries=5, this config has 16"):
+        check_model_config({"model_config": changed}, current, "other")
+    with pytest.raises(CheckpointError, match="model.semantic_head_layers"):
+        check_model_config({"model_config": older}, dict(current, semantic_head_layers=2), "old")
