@@ -90,6 +90,8 @@ def plain_loop(data, model_cfg, args) -> tuple[float, torch.nn.Module, list]:
     images, segments, captions = data
     model, step = build_step(model_cfg, 8, args.lr, args.steps, args.warmup, args.seed, args.words,
                              args.mask_weight, args.contrastive_weight)
+    if args.freeze_text:  # diagnostic: keep the randomly initialised text tower (words stay apart)
+        model.text_encoder.requires_grad_(False)
     rng = np.random.default_rng(args.seed)
     word_templates = None
     if args.words > 0:
@@ -204,6 +206,8 @@ def main() -> None:
     parser.add_argument("--canonical-words", action="store_true",
                         help="diagnostic: replace the world's synonyms and plurals in the text by the class name")
     parser.add_argument("--contrastive-weight", type=float, default=1.0)
+    parser.add_argument("--freeze-text", action="store_true",
+                        help="diagnostic: never train the text tower (plain loop)")
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--templates", nargs="+", default=["clip7"])
     parser.add_argument("--save", help="save the trained model's state_dict here")
