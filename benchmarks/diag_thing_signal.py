@@ -50,7 +50,7 @@ def text_cosines(model, names: list[str]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def region_features(model, image_tensor: torch.Tensor, out: dict, label: np.ndarray,
+def region_features(model, image_tensor: torch.Tensor, label: np.ndarray,
                     classes: list[int]) -> list[np.ndarray]:
     """One feature per class region of ``label`` (see module docstring)."""
     masks = torch.stack([torch.as_tensor(label == c, dtype=torch.float32) for c in classes])[None]
@@ -60,6 +60,7 @@ def region_features(model, image_tensor: torch.Tensor, out: dict, label: np.ndar
         weights = F.adaptive_avg_pool2d(masks, semantic.shape[-2:]).flatten(2)  # area weights at 1/4
         pooled = torch.einsum("bnp,bcp->bnc", weights, semantic.flatten(2)) / weights.sum(-1, keepdim=True).clamp_min(1e-6)
         return list(model.image_projection(pooled)[0].numpy())
+    out = model.encode_image(image_tensor)
     assignment = F.interpolate(out["pred_masks"].float().softmax(dim=1), size=label.shape, mode="bilinear")[0]
     pixel = torch.einsum("qd,qhw->dhw", F.normalize(out["mask_features"][0].float(), dim=-1), assignment)
     return [(pixel * m).flatten(1).sum(-1).numpy() / float(m.sum()) for m in masks[0]]
@@ -99,10 +100,7 @@ def probe(checkpoint: str, max_images: int, voc: str) -> dict:
         thing_pixels += int(things_here.sum())
         present = [int(c) for c in np.unique(label[things_here])]
         if present:
-            x = segmenter.preprocess(image)
-            with torch.no_grad():
-                out = model.encode_image(x)
-            features += region_features(model, x, out, label, present)
+            features += region_features(model, segmenter.preprocess(image), label, present)
             targets += present
             image_ids += [index] * len(present)
     features, targets, image_ids = np.stack(features), np.asarray(targets), np.asarray(image_ids)
