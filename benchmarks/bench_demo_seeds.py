@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = ("miou", "untrained_miou", "constant_class_miou", "mask_quality_miou", "retrieval_i2t_top1",
+KEYS = ("miou", "miou_things", "miou_stuff", "things_iou_ge_0.1", "miou_synonyms", "untrained_miou", "constant_class_miou", "mask_quality_miou", "retrieval_i2t_top1",
         "final_query_collapse", "train_images_per_s", "train_seconds")
 
 
@@ -35,10 +35,14 @@ def main() -> None:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append({"seed": seed, **{k: result.get(k) for k in KEYS}})
         print(json.dumps(results[-1]), flush=True)
-    mious = [r["miou"] for r in results]
-    print(json.dumps({"seeds": args.seeds, "miou_mean": statistics.mean(mious),
-                      "miou_stdev": statistics.stdev(mious) if len(mious) > 1 else 0.0,
-                      "miou_min": min(mious), "miou_max": max(mious)}))
+    summary: dict = {"seeds": args.seeds}
+    for key in ("miou", "miou_things", "miou_synonyms"):
+        values = [r[key] for r in results if r.get(key) is not None]
+        if values:
+            summary.update({f"{key}_mean": statistics.mean(values),
+                            f"{key}_stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+                            f"{key}_min": min(values), f"{key}_max": max(values)})
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -31,13 +31,35 @@ def log_pictures(tracker: Tracker, examples: list, class_names: list[str], per_c
 
     if examples:
         rows = [(image, pred, gt) for _, image, pred, gt in examples]
-        tracker.log_image(viz.grid(rows), f"{prefix}/input_prediction_truth.png")
+        # at least 4x and at least ~256 px per cell: a person can read a 64-px world image then
+        upscale = max(4, -(-256 // max(1, max(r[0].shape[0] for r in rows))))
+        tracker.log_image(viz.grid(rows, upscale=upscale), f"{prefix}/input_prediction_truth.png")
         tracker.log_image(viz.legend(class_names), f"{prefix}/legend.png")
     figure = viz.per_class_iou_bar_chart(class_names, per_class_iou, title=f"{prefix}: per-class IoU")
     tracker.log_figure(figure, f"{prefix}/per_class_iou.png")
     import matplotlib.pyplot as plt
 
     plt.close(figure)
+
+
+def thing_stuff_summary(class_names: list[str], per_class_iou) -> dict:
+    """Mean IoU over the world's thing and stuff classes and how many things reach 0.10 IoU."""
+    from sseg.data.world import STUFF_CLASSES, THING_CLASSES
+
+    iou = dict(zip(class_names, (float(v) for v in per_class_iou)))
+    things = [iou[c] for c in THING_CLASSES if c in iou and np.isfinite(iou[c])]
+    stuff = [iou[c] for c in STUFF_CLASSES if c in iou and np.isfinite(iou[c])]
+    return {"miou_things": float(np.mean(things)) if things else float("nan"),
+            "miou_stuff": float(np.mean(stuff)) if stuff else float("nan"),
+            "things_iou_ge_0.1": int(sum(v >= 0.1 for v in things))}
+
+
+def synonym_class_names(class_names: list[str]) -> list[str]:
+    """Each world class renamed to the first synonym the captions use that is not its name
+    ("car" → "automobile", "house" → "cottage", "cup" → "mug", …); other names are kept."""
+    from sseg.data.world import CLASS_SYNONYMS
+
+    return [next((s for s in CLASS_SYNONYMS.get(c, ()) if s != c), c) for c in class_names]
 
 
 def evaluate_pretraining(cfg, checkpoint_dir: Path, tracker: Tracker) -> dict:
@@ -72,6 +94,14 @@ def evaluate_pretraining(cfg, checkpoint_dir: Path, tracker: Tracker) -> dict:
     result["miou_vs_untrained"] = result["miou"] / max(result["untrained_miou"], 1e-9)
     if cfg.world is not None:
         from sseg.data.world import render_sample
+
+        result.update(thing_stuff_summary(class_names, metrics["per_class_iou"]))
+        synonyms = synonym_class_names(class_names)
+        if synonyms != class_names:
+            # open vocabulary: the same images queried with words the captions use instead of the names
+            renamed = run_evaluation(checkpoint_dir, dataset, segment, synonyms, mask_quality=False, **common)
+            result["miou_synonyms"] = renamed["confusion"].compute()["miou"]
+            result["synonym_class_names"] = synonyms
 
         pairs = [render_sample(cfg.world.seed, i, cfg.world, split="val")
                  for i in range(min(cfg.eval.retrieval_pairs, cfg.world.num_val))]

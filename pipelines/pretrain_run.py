@@ -87,6 +87,9 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
     if cfg.model.mask_feature_source != "query":
         deviations.append("mask features pooled from a pixel-feature map under each predicted mask (the "
                           "paper uses the decoder query outputs)")
+    if cfg.train.caption_feature == "word_mean":
+        deviations.append("caption feature = mean of its words encoded one by one in prompt templates "
+                          "(the paper encodes the whole text in one pass)")
     if cfg.train.weight_words > 0:
         deviations.append(f"word-to-mask alignment loss added with weight {cfg.train.weight_words} "
                           "(not in the paper)")

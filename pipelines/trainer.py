@@ -84,10 +84,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         weight_focal=cfg.train.weight_focal, weight_dice=cfg.train.weight_dice,
         weight_mask=cfg.train.weight_mask, weight_contrastive=cfg.train.weight_contrastive,
         contrastive=ContrastiveLoss(), weight_words=cfg.train.weight_words)
-    word_templates = resolve_templates(cfg.train.word_templates) if cfg.train.weight_words > 0 else None
+    needs_words = cfg.train.weight_words > 0 or cfg.train.caption_feature == "word_mean"
+    word_templates = resolve_templates(cfg.train.word_templates) if needs_words else None
     word_rng = random.Random(cfg.train.seed * 1009 + rank)
     train_step = TrainStep(model, criterion, optimizer, scheduler, cfg.pseudo_masks.num_segments,
-                           cfg.train.grad_clip, world_size=world_size, bf16=bf16)
+                           cfg.train.grad_clip, world_size=world_size, bf16=bf16,
+                           caption_feature=cfg.train.caption_feature)
     tracker = Tracker(cfg.tracking.experiment, run_id=loop_config["mlflow_run_id"], enabled=rank == 0,
                       tracking_uri=loop_config["tracking_uri"])
     local_batch = cfg.train.global_batch_size // world_size

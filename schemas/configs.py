@@ -92,6 +92,12 @@ class TrainConfig(StrictModel):
     # drawn from this set (the set inference uses by default).
     weight_words: float = Field(default=0.0, ge=0)
     word_templates: str | list[str] = "clip7"
+    # The text feature an image is contrasted with. "sequence": the text tower reads the whole training
+    # text (the paper). "word_mean": every word of the training text is encoded alone in a prompt
+    # template (drawn from word_templates, as inference encodes class names) and the caption's feature is
+    # the mean of its normalised word features (not in the paper; docs/experiments.md: at small scale the
+    # sequence tower folds the thing words of a word list into one direction and no object is named).
+    caption_feature: Literal["sequence", "word_mean"] = "sequence"
     # Fault-injection hook for tests: the rank-0 worker exits abruptly once when it reaches this step.
     fault_injection_step: int | None = None
 
@@ -119,7 +125,8 @@ class PretrainConfig(StrictModel):
     cache_dir: str = "data/world/pseudo_masks"
     model: ModelConfig = Field(default_factory=lambda: _tiny_model())
     train: TrainConfig = TrainConfig(global_batch_size=64, steps=800, lr=1e-3, warmup_steps=50,
-                                     threads_per_worker=2, checkpoint_every=200)
+                                     threads_per_worker=2, checkpoint_every=200,
+                                     caption_feature="word_mean")
     eval: PretrainEvalConfig = PretrainEvalConfig()
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()
@@ -130,6 +137,9 @@ class PretrainConfig(StrictModel):
         if self.train.weight_words > 0 and self.data.text == "caption":
             raise ValueError("train.weight_words > 0 needs data.text=words or word (the alignment "
                              "labels are the training text's words; a full caption's are mostly stop words)")
+        if self.train.caption_feature == "word_mean" and self.data.text == "caption":
+            raise ValueError("train.caption_feature=word_mean needs data.text=words or word (it averages "
+                             "the training text's words; a full caption's are mostly stop words)")
         return self
 
 

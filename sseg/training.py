@@ -83,7 +83,7 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler, num_segments: int, grad_clip: float | None, world_size: int = 1,
-                 bf16: bool = False):
+                 bf16: bool = False, caption_feature: str = "sequence"):
         self.model = model
         self.criterion = criterion
         self.optimizer = optimizer
@@ -92,6 +92,9 @@ class TrainStep:
         self.grad_clip = grad_clip
         self.world_size = world_size
         self.bf16 = bf16
+        if caption_feature not in ("sequence", "word_mean"):
+            raise ValueError(f"caption_feature must be 'sequence' or 'word_mean', got {caption_feature!r}")
+        self.caption_feature = caption_feature
 
     @property
     def core(self) -> nn.Module:
@@ -104,7 +107,12 @@ class TrainStep:
         self.model.train()
         device_type = batch.images.device.type
         with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=self.bf16):
-            outputs = self.model(batch.images, batch.tokens, batch.word_tokens)
+            if self.caption_feature == "word_mean":
+                if batch.word_tokens is None or batch.word_labels is None:
+                    raise ValueError("caption_feature=word_mean needs the batch's word prompts and labels")
+                outputs = self.model(batch.images, None, batch.word_tokens, caption_words=batch.word_labels)
+            else:
+                outputs = self.model(batch.images, batch.tokens, batch.word_tokens)
         outputs = _to_float(outputs)
         targets = pseudo_masks_to_targets(batch.segments, self.num_segments)
         losses = self.criterion(outputs, targets, world_size=self.world_size, word_labels=batch.word_labels)

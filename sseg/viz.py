@@ -99,15 +99,27 @@ def _pad_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
+def upscale_nearest(array: np.ndarray, factor: int) -> np.ndarray:
+    """Repeat every pixel ``factor`` × ``factor`` times (images HxWx3 and label maps HxW)."""
+    if factor < 1:
+        raise DataError(f"upscale factor must be >= 1, got {factor}")
+    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+
+
 def grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]], alpha: float = 0.5,
-         palette: np.ndarray | None = None, ignore_index: int | None = 255, gap: int = 4) -> np.ndarray:
+         palette: np.ndarray | None = None, ignore_index: int | None = 255, gap: int = 4,
+         upscale: int = 1) -> np.ndarray:
     """One image: a row per sample with ``input | prediction overlay | ground-truth overlay``.
 
     ``rows`` holds ``(image, pred, gt)``; ``gt`` may be None (its cell stays white). Rows of
-    different sizes are padded with white to the widest / tallest cell.
+    different sizes are padded with white to the widest / tallest cell. ``upscale``: every cell is
+    enlarged that many times (nearest), so small images stay readable.
     """
     if not rows:
         raise DataError("grid needs at least one row")
+    if upscale > 1:
+        rows = [(upscale_nearest(_check_image(image), upscale), upscale_nearest(np.asarray(pred), upscale),
+                 None if gt is None else upscale_nearest(np.asarray(gt), upscale)) for image, pred, gt in rows]
     cells = []
     for image, pred, gt in rows:
         image = _check_image(image)

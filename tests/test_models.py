@@ -300,3 +300,55 @@ def test_model_config_check_fills_defaults_and_names_the_differing_field() -> No
         check_model_config({"model_config": changed}, current, "other")
     with pytest.raises(CheckpointError, match="model.semantic_head_layers"):
         check_model_config({"model_config": older}, dict(current, semantic_head_layers=2), "old")
+
+
+def test_words_mean_feature_hand_case() -> None:
+    from sseg.models.sseg_model import words_mean_feature
+
+    words = torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # normalised: e1, e2, (e1+e2)/√2
+    membership = torch.tensor([[True, True, False], [False, False, True], [False, False, False]])
+    out = words_mean_feature(words, membership)
+    r = 1 / math.sqrt(2)
+    assert torch.allclose(out, torch.tensor([[0.5, 0.5], [r, r], [0.0, 0.0]]))
+
+
+def test_word_mean_caption_feature_is_the_mean_of_single_word_features(tiny_model: SSegModel) -> None:
+    """caption_words: the caption feature is built from the word prompts alone (tokens unread), equal to
+    encoding every prompt by itself and averaging the normalised features."""
+    import torch.nn.functional as F
+
+    prompts = ["a photo of a ball.", "a photo of a sky.", "a photo of a car."]
+    word_tokens = tokenize(prompts, tiny_model.cfg.context_length)
+    membership = torch.tensor([[True, True, False], [False, True, True]])
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = tiny_model(images, None, word_tokens, caption_words=membership)
+        single = F.normalize(tiny_model.encode_text(word_tokens), dim=-1)
+    assert torch.allclose(out["text_features"][0], (single[0] + single[1]) / 2, atol=1e-5)
+    assert torch.allclose(out["text_features"][1], (single[1] + single[2]) / 2, atol=1e-5)
+    assert out["word_features"].shape == (3, tiny_model.cfg.embed_dim)
+    with pytest.raises(DataError, match=r"\[B, W\]"):
+        tiny_model(images, None, word_tokens, caption_words=membership[:, :2])
+
+
+def test_word_mean_training_step_trains_every_parameter() -> None:
+    """One TrainStep with caption_feature=word_mean: finite loss, gradients reach image and text towers."""
+    from sseg.training import TrainStep, build_optimizer, cosine_with_warmup, prepare_batch
+
+    torch.manual_seed(0)
+    model = SSegModel(tiny_model_config(mask_feature_source="pooled", dec_layers=2, text_layers=1))
+    optimizer = build_optimizer(model, 1e-3, 0.05, (0.9, 0.999))
+    step = TrainStep(model, SSegCriterion(), optimizer, cosine_with_warmup(optimizer, 10, 1), 4, 1.0,
+                     caption_feature="word_mean")
+    images = torch.randint(0, 255, (4, 64, 64, 3), dtype=torch.uint8).numpy()
+    segments = torch.randint(0, 4, (4, 64, 64)).numpy()
+    batch = prepare_batch(images, segments, ["ball grass", "car sky", "sky", "fish water"],
+                          model.cfg.context_length, torch.device("cpu"), ["a photo of a {}."])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    metrics = step(batch)
+    assert math.isfinite(metrics["loss"]) and metrics["loss_contrastive"] > 0
+    changed = {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert {"maskformer", "text_encoder", "semantic_proj", "image_projection"} <= changed
+    with pytest.raises(ValueError, match="word prompts"):
+        step(prepare_batch(images, segments, ["a", "b", "c", "d"], model.cfg.context_length,
+                           torch.device("cpu")))

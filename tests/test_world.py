@@ -1,4 +1,4 @@
-"""Procedural captioned world: determinism, caption noise, class overlap, shard and VOC outputs."""
+"""Procedural captioned world: determinism, presets, caption noise, class overlap, shard and VOC outputs."""
 
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ from sseg.data.world import (
     render_sample,
     voc_id,
 )
+from sseg.data import world_render
+from sseg.data.world_render import APPEARANCES, preset_appearances, render_scene
 from sseg.data.world_voc import mark_boundaries, voc_colormap
-from sseg.data.world_vocab import plural
+from sseg.data.world_vocab import COLOURS, PRESETS, THING_COLOURS, plural
 from sseg.errors import ConfigError, DataError
 
 SMALL = WorldConfig(image_size=32, num_train=11, shard_size=4, num_val=5, num_labeled_train=3)
@@ -118,6 +120,119 @@ def test_classes_are_not_separable_by_mean_colour(many_samples):
     half = len(targets) // 2
     accuracy = NearestCentroid().fit(features[:half], targets[:half]).score(features[half:], targets[half:])
     assert accuracy < 0.8
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def _digest(config: WorldConfig, split: str, seed: int, count: int) -> str:
+    digest = hashlib.sha256()
+    for index in range(count):
+        sample = render_sample(seed, index, config, split)  # type: ignore[arg-type]
+        digest.update(sample.image.tobytes())
+        digest.update(sample.label.tobytes())
+        digest.update(sample.caption.encode("utf-8"))
+    return digest.hexdigest()
+
+
+# Computed with the world code as it was before presets existed: preset v1 must keep every byte.
+_V1_DIGESTS = [
+    ({"image_size": 64}, "train", 0, "627ebccb80977b8030976c1a7a50c1cadaddd95134242f3c4e1524aef011752e"),
+    ({"image_size": 64}, "val", 0, "f9e3c3b4ece60fcd9b00a6a92ab6274de265738e6627e7355571e6d245dcb271"),
+    ({"image_size": 64}, "labeled_train", 0, "392f076c29085fe391833618a3b1cd38b8dbec16bdb40e5644a04c73a49a99f0"),
+    ({"image_size": 32}, "train", 3, "739babb307fc69bfdcdba440f99597a241f65c9e13cf1cc62fd58dc9d371a4af"),
+    ({"image_size": 32}, "val", 3, "48c10ea3424c0f15188f20802b2bbd258dbe859ce39a434de06fadc3748ca558"),
+    ({"image_size": 32}, "labeled_train", 3, "e73ce574d6c112cf85d9f04474b855bd6ed13c099bdfefcaba4ef72c96d06da9"),
+    ({"image_size": 48, "object_scale": 1.7, "min_objects": 0, "max_objects": 6}, "val", 1,
+     "7a051d845189fb5f9e4347f0a0c99932bed74fed1e99fce396aa1d1a00a7a908"),
+]
+
+
+@pytest.mark.parametrize(("fields", "split", "seed", "expected"), _V1_DIGESTS)
+def test_preset_v1_is_the_original_world_byte_for_byte(fields, split, seed, expected):
+    assert _digest(WorldConfig(preset="v1", **fields), split, seed, 6) == expected
+
+
+@pytest.mark.parametrize("preset", ["v2", "debug"])
+def test_presets_render_deterministically_and_differ(preset):
+    config = WorldConfig(image_size=64, preset=preset)
+    first = _digest(config, "val", 0, 6)
+    assert _digest(config, "val", 0, 6) == first
+    assert first != _digest(config.model_copy(update={"preset": "v1"}), "val", 0, 6)
+    assert first != _digest(config, "val", 1, 6)
+
+
+def test_every_thing_class_has_an_appearance_in_every_preset():
+    assert tuple(APPEARANCES) == PRESETS == tuple(THING_COLOURS)
+    for preset in PRESETS:
+        table = preset_appearances(preset)
+        assert set(table) == set(THING_CLASSES) == set(THING_COLOURS[preset])
+        for name, appearance in table.items():
+            assert appearance.colours == THING_COLOURS[preset][name]
+            assert set(appearance.colours) <= set(COLOURS) and appearance.textures
+    v2 = preset_appearances("v2")
+    assert all(len(a.textures) == 1 for a in v2.values())  # one signature texture per class
+    assert {a.habitat for a in v2.values()} == {"ground", "water", "sky"}
+
+
+def test_unknown_preset_or_missing_appearance_is_rejected(monkeypatch):
+    with pytest.raises(ConfigError, match="preset"):
+        load_config(WorldConfig, overrides=["preset=v3"])
+    with pytest.raises(DataError, match="unknown world preset 'v3'"):
+        render_scene(np.random.default_rng(0), 32, 1, 2, preset="v3")
+    partial = {name: app for name, app in APPEARANCES["v2"].items() if name != "cup"}
+    monkeypatch.setitem(world_render.APPEARANCES, "v2", partial)
+    with pytest.raises(DataError, match="preset 'v2' has no appearance for thing class 'cup'") as err:
+        render_sample(0, 0, WorldConfig(image_size=32))
+    assert "\n" not in str(err.value)
+
+
+def test_debug_colours_are_unique_per_class():
+    colours = [THING_COLOURS["debug"][name] for name in THING_CLASSES]
+    assert all(len(c) == 1 for c in colours)
+    assert len({c[0] for c in colours}) == len(THING_CLASSES)
+    for index in range(40):  # every drawn thing has its class's colour (the caption's colour word)
+        scene = render_scene(np.random.default_rng([0, 0, index]), 32, 1, 4, preset="debug")
+        assert all(t.colour == THING_COLOURS["debug"][t.name][0] for t in scene.things)
+
+
+@pytest.mark.parametrize(("preset", "low", "high"), [("debug", 0.9, 1.0), ("v2", 0.0, 0.45)])
+def test_mean_colour_names_things_in_debug_only(preset, low, high):
+    from sklearn.neighbors import NearestCentroid
+
+    config = WorldConfig(image_size=32, preset=preset)
+    features, targets = [], []
+    for index in range(300):
+        sample = render_sample(0, index, config, "val")
+        for class_id in np.unique(sample.label):
+            if class_id < len(THING_CLASSES) and (sample.label == class_id).sum() >= 8:
+                features.append(sample.image[sample.label == class_id].mean(axis=0))
+                targets.append(class_id)
+    features, targets = np.array(features), np.array(targets)
+    half = len(targets) // 2
+    accuracy = NearestCentroid().fit(features[:half], targets[:half]).score(features[half:], targets[half:])
+    assert low <= accuracy <= high
+
+
+def test_v2_colours_are_each_shared_by_three_or_four_things():
+    table = THING_COLOURS["v2"]
+    users = {colour: [n for n in THING_CLASSES if colour in table[n]] for colour in COLOURS}
+    assert all(3 <= len(names) <= 4 for names in users.values()), users
+    assert all(3 <= len(table[n]) <= 4 for n in THING_CLASSES)
+
+
+def test_v2_things_are_larger_and_mostly_in_their_usual_place():
+    usual = {"fish": {"water"}, "bird": {"sky"}, "star": {"sky"}}
+    fractions, typical, total = [], 0, 0
+    for index in range(150):
+        scene = render_scene(np.random.default_rng([0, 1, index]), 64, 1, 4, preset="v2")
+        fractions.append(float((scene.label < len(THING_CLASSES)).mean()))
+        for thing in scene.things:
+            assert thing.colour in THING_COLOURS["v2"][thing.name]
+            typical += thing.ground in usual.get(thing.name, {"grass", "sand"})
+            total += 1
+    assert np.mean(fractions) > 0.18
+    assert 0.78 < typical / total < 0.93
 
 
 # ----------------------------------------------------------------------------- captions
@@ -318,6 +433,8 @@ def test_ensure_world_generates_once_and_regenerates_on_change(tmp_path):
     assert not second.generated and (out / "world.json").stat().st_mtime_ns == stamp
     changed = ensure_world(out, config.model_copy(update={"num_train": 5}))
     assert changed.generated and changed.counts["train"] == 5 and len(changed.shard_paths) == 3
+    recoloured = ensure_world(out, changed.config.model_copy(update={"preset": "debug"}))
+    assert recoloured.generated and recoloured.config.preset == "debug"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]  # no temp or stale dirs left
     foreign = tmp_path / "not_a_world"
     foreign.mkdir()

@@ -3,10 +3,27 @@
 **What a scene is.** Every pixel has one of 14 classes (:data:`WORLD_CLASSES`, no background
 class): 10 things (ball, box, tree, car, house, fish, bird, flower, star, cup) and 4 stuff classes
 (sky, grass, water, sand). Stuff fills the frame in bands: usually sky on top, then one or two ground
-classes split by wavy horizon/shore lines. 1-4 things are drawn over it (scale varies with depth;
-nearer objects occlude farther ones). Each class has a characteristic shape and texture (striped
-balls, brick houses, speckled trees, rippled water...) but draws its colour from a palette shared
-with other classes, with jitter and per-image lighting, so colour alone does not tell classes apart.
+classes split by wavy horizon/shore lines. ``min_objects``-``max_objects`` things are drawn over it
+(scale varies with depth; nearer objects occlude farther ones), then per-image lighting and noise.
+
+**Presets** (``WorldConfig.preset``) decide how things look:
+
+* ``v2`` (default): class-typical appearance. Each thing class has a colour palette of 3-4 colours,
+  each colour shared by 3-4 things (colour narrows the class but does not name it), one signature
+  texture (striped balls, checkered boxes, brick houses, scaly fish...), detail parts in contrasting
+  colours (car wheels and windows, house roof/door/window, fish tail and eye, bird wings and beak,
+  cup handle and rim, flower centre, tree trunk, box lid and tape, star tips, ball seam and
+  highlight), a class-typical size (houses, trees, cars large; balls, cups, stars, flowers small)
+  and context: 85 % of things in their usual place (fish in water, birds and stars in the sky, the
+  others standing on grass or sand; the scene's stuff is chosen to hold them), 15 % somewhere else
+  (a floating house, a fish on the sand). Things are about twice v1's area (~22 % of the pixels at
+  the default counts); captions' size words are relative to the class's typical size.
+* ``debug``: v2 with one unique colour per thing class and parts in shades of it, so colour alone
+  names the class (a sanity preset).
+* ``v1``: the original world, byte for byte: wide shared palettes, several textures per class,
+  small parts, looser context.
+
+:data:`~sseg.data.world_render.APPEARANCES` holds the per-preset tables.
 
 **Captions.** Varied English from several templates, synonyms (the canonical class name most often),
 counts, colour/size adjectives, verbs, place phrases for stuff and web-like decoration. A clean
@@ -53,6 +70,7 @@ from sseg.data.world_vocab import (
     STUFF_CLASSES,
     THING_CLASSES,
     WORLD_CLASSES,
+    Preset,
     mentioned_classes,
 )
 from sseg.errors import DataError
@@ -63,7 +81,7 @@ __all__ = [
     "load_world_summary", "mentioned_classes", "render_sample", "voc_id",
 ]
 
-WORLD_FORMAT = "sseg-world-v1"
+WORLD_FORMAT = "sseg-world-v2"  # v2: the config has a preset
 Split = Literal["train", "val", "labeled_train"]
 _STREAMS: dict[str, int] = {"train": 0, "val": 1, "labeled_train": 2}
 
@@ -88,6 +106,7 @@ class WorldConfig(StrictModel):
     min_visible_fraction: float = Field(
         0.005, ge=0.0, le=0.5, description="a class counts as present (captioned) above this area"
     )
+    preset: Preset = Field("v2", description="how things look: v2 class-typical, debug colour-coded, v1 original")
 
     @model_validator(mode="after")
     def _objects_range(self) -> "WorldConfig":
@@ -121,7 +140,9 @@ def render_sample(seed: int, index: int, config: WorldConfig, split: Split = "tr
     if seed < 0 or index < 0:
         raise DataError(f"world seed and index must be >= 0, got seed={seed} index={index}")
     rng = np.random.default_rng([seed, _STREAMS[split], index])
-    scene = render_scene(rng, config.image_size, config.min_objects, config.max_objects, config.object_scale)
+    scene = render_scene(
+        rng, config.image_size, config.min_objects, config.max_objects, config.object_scale, config.preset
+    )
     caption = compose_caption(rng, scene, config.min_pixels, config.caption_noise)
     objects = tuple(n for i, n in enumerate(WORLD_CLASSES) if scene.class_pixels[i] >= config.min_pixels)
     return WorldSample(

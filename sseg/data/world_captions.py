@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from sseg.data.world_render import Scene, ThingInstance
+from sseg.data.world_render import Scene, ThingInstance, preset_appearances
 from sseg.data.world_vocab import (
     CANONICAL_NAME_PROBABILITY,
     CLASS_COLOURS,
@@ -206,9 +206,8 @@ def compose_caption(rng: np.random.Generator, scene: Scene, min_pixels: int, noi
         instances = [t for t in scene.things if t.name == name]
         counted = [t for t in instances if t.visible_pixels >= min_pixels]
         if not instances:  # an invented object
-            counted = [ThingInstance(name, _pick(rng, CLASS_COLOURS[name]), None, "")] * (
-                2 if rng.random() < 0.2 else 1
-            )
+            colour = _pick(rng, preset_appearances(scene.preset)[name].colours)  # one it could be drawn in
+            counted = [ThingInstance(name, colour, None, "")] * (2 if rng.random() < 0.2 else 1)
         elif not counted:
             counted = [max(instances, key=lambda t: t.visible_pixels)]
         groups.append((name, counted))

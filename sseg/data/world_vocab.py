@@ -1,13 +1,17 @@
 """Vocabulary of the procedural world: class ids, caption synonyms, named colours, verbs.
 
 Every colour name is shared by several classes on purpose (a red ball, a red car, a red flower, a
-red sunset sky...), so a class cannot be told from its colour; its shape and texture tell it.
+red sunset sky...), so a class cannot be told from its colour; its shape and texture tell it. The
+thing colours depend on the world preset (:data:`THING_COLOURS`): ``v1`` draws from wide palettes,
+``v2`` from class-typical ones (each colour still shared by 3-4 things), ``debug`` gives every thing
+one colour of its own.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from typing import Literal
 
 THING_CLASSES: tuple[str, ...] = (
     "ball", "box", "tree", "car", "house", "fish", "bird", "flower", "star", "cup",
@@ -67,7 +71,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (38, 36, 40),
 }
 
-# Which colours each class may take; every colour is used by at least four classes.
+# Which colours each class may take (things: preset v1, see THING_COLOURS); every colour is used by
+# at least four classes.
 CLASS_COLOURS: dict[str, tuple[str, ...]] = {
     "ball": ("red", "blue", "yellow", "green", "white", "orange", "pink"),
     "box": ("brown", "red", "blue", "gray", "white", "yellow"),
@@ -83,6 +88,32 @@ CLASS_COLOURS: dict[str, tuple[str, ...]] = {
     "grass": ("green", "yellow", "brown"),
     "water": ("blue", "green", "gray"),
     "sand": ("yellow", "orange", "brown", "white"),
+}
+
+Preset = Literal["v1", "v2", "debug"]
+PRESETS: tuple[str, ...] = ("v1", "v2", "debug")
+
+# Thing colours per preset. v1 is the original wide palette (CLASS_COLOURS); v2 is class-typical
+# (each colour shared by 3-4 things, so colour narrows the class but does not name it); debug gives
+# each thing a colour no other thing has (a sanity preset: colour alone names the thing).
+THING_COLOURS: dict[str, dict[str, tuple[str, ...]]] = {
+    "v1": {name: CLASS_COLOURS[name] for name in THING_CLASSES},
+    "v2": {
+        "ball": ("red", "blue", "pink", "white"),
+        "box": ("brown", "orange", "gray"),
+        "tree": ("green", "orange", "brown"),
+        "car": ("red", "blue", "black", "green"),
+        "house": ("white", "yellow", "gray"),
+        "fish": ("orange", "yellow", "blue", "pink"),
+        "bird": ("black", "brown", "gray"),
+        "flower": ("pink", "purple", "red", "yellow"),
+        "star": ("yellow", "white", "purple", "orange"),
+        "cup": ("white", "green", "purple", "black"),
+    },
+    "debug": {
+        "ball": ("red",), "box": ("orange",), "tree": ("green",), "car": ("blue",), "house": ("yellow",),
+        "fish": ("purple",), "bird": ("black",), "flower": ("pink",), "star": ("white",), "cup": ("brown",),
+    },
 }
 
 # Caption adjectives for stuff, by the colour it was drawn with.

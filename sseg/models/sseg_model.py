@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from sseg.errors import DataError
 
 from sseg.models.config import ModelConfig
 from sseg.models.maskformer import MaskFormer
@@ -36,6 +39,14 @@ def semantic_head(in_channels: int, channels: int, layers: int) -> nn.Module:
         blocks += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1, bias=False),
                    nn.GroupNorm(min(32, channels // 4) or 1, channels), nn.GELU()]
     return nn.Sequential(*blocks)
+
+
+def words_mean_feature(word_features: torch.Tensor, caption_words: torch.Tensor) -> torch.Tensor:
+    """[W,D] word features, bool [B,W] membership → [B,D]: the mean of each caption's L2-normalised
+    word features (a caption without words gets a zero vector; the contrastive loss normalises)."""
+    weights = caption_words.to(word_features.dtype)
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return weights @ F.normalize(word_features, dim=-1)
 
 
 class SSegModel(nn.Module):
@@ -82,13 +93,22 @@ class SSegModel(nn.Module):
     def current_logit_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=self.cfg.max_logit_scale).exp()
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor,
-                word_tokens: torch.Tensor | None = None) -> dict[str, Any]:
-        """``word_tokens`` [W,L]: single-word prompts of the word-alignment loss (their features are
-        returned as "word_features"); encoded here so DDP sees every use of the text tower."""
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor | None,
+                word_tokens: torch.Tensor | None = None,
+                caption_words: torch.Tensor | None = None) -> dict[str, Any]:
+        """``word_tokens`` [W,L]: single-word prompts of the batch vocabulary (their features are
+        returned as "word_features"); encoded here so DDP sees every use of the text tower.
+        ``caption_words`` bool [B,W]: when given, ``tokens`` is not read and each caption's text
+        feature is the mean of its words' normalised features (``caption_feature=word_mean``)."""
         outputs = self.encode_image(images)
         outputs["image_features"] = outputs["mask_features"].mean(dim=1)
-        if word_tokens is None:
+        if caption_words is not None:
+            if word_tokens is None or caption_words.shape != (images.shape[0], word_tokens.shape[0]):
+                raise DataError("caption_words must be a [B, W] matrix over the W word prompts")
+            words = self.encode_text(word_tokens)
+            outputs["word_features"] = words
+            outputs["text_features"] = words_mean_feature(words, caption_words)
+        elif word_tokens is None:
             outputs["text_features"] = self.encode_text(tokens)
         else:  # one pass of the text tower for captions and word prompts
             texts = self.encode_text(torch.cat([tokens, word_tokens]))
