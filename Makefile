@@ -2,8 +2,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU wheels by default; on a GPU machine: make setup TORCH_SPEC="torch==2.13.0 torchvision==0.28.0" TORCH_INDEX=...
 TORCH_SPEC ?= torch==2.13.0 torchvision==0.28.0
+# Where torch comes from. Empty (default): pip's configured index; plain PyPI serves the CUDA build on
+# Linux x86_64 (several GB of nvidia-* wheels). For CPU-only wheels (~200 MB):
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# or a CUDA build: TORCH_INDEX=https://download.pytorch.org/whl/cu128. It is passed as --index-url (not
+# --extra-index-url), so pip takes torch, torchvision and their dependencies from that index only: with
+# --extra-index-url pip would choose between both indexes by version and might pick PyPI's CUDA wheel.
+# Only the torch step uses it; the rest of the project comes from pip's usual index.
+TORCH_INDEX ?=
+TORCH_INDEX_ARGS := $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)))
 STAMP := $(VENV)/.setup-stamp
 
 .PHONY: setup demo test test-fast bench cluster-up cluster-down clean
@@ -11,7 +19,7 @@ STAMP := $(VENV)/.setup-stamp
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC) -c constraints.txt
+	$(PY) -m pip install -q $(TORCH_INDEX_ARGS) $(TORCH_SPEC) -c constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 

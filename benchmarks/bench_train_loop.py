@@ -69,7 +69,8 @@ def load_samples(cache_dir: str, count: int, size: int, seed: int = 0):
 
 
 def build_step(model_cfg, num_segments: int, lr: float, total_steps: int, warmup: int, seed: int,
-               weight_words: float = 0.0, weight_mask: float = 1.0, weight_contrastive: float = 1.0):
+               weight_words: float = 0.0, weight_mask: float = 1.0, weight_contrastive: float = 1.0,
+               caption_feature: str = "sequence"):
     from sseg.losses.contrastive import ContrastiveLoss
     from sseg.losses.criterion import SSegCriterion
     from sseg.models import SSegModel
@@ -81,7 +82,8 @@ def build_step(model_cfg, num_segments: int, lr: float, total_steps: int, warmup
     scheduler = cosine_with_warmup(optimizer, total_steps, warmup)
     criterion = SSegCriterion(contrastive=ContrastiveLoss(), weight_words=weight_words, weight_mask=weight_mask,
                               weight_contrastive=weight_contrastive)
-    return model, TrainStep(model, criterion, optimizer, scheduler, num_segments, 1.0)
+    return model, TrainStep(model, criterion, optimizer, scheduler, num_segments, 1.0,
+                            caption_feature=caption_feature)
 
 
 def plain_loop(data, model_cfg, args) -> tuple[float, torch.nn.Module, list]:
@@ -89,12 +91,12 @@ def plain_loop(data, model_cfg, args) -> tuple[float, torch.nn.Module, list]:
 
     images, segments, captions = data
     model, step = build_step(model_cfg, 8, args.lr, args.steps, args.warmup, args.seed, args.words,
-                             args.mask_weight, args.contrastive_weight)
+                             args.mask_weight, args.contrastive_weight, args.caption_feature)
     if args.freeze_text:  # diagnostic: keep the randomly initialised text tower (words stay apart)
         model.text_encoder.requires_grad_(False)
     rng = np.random.default_rng(args.seed)
     word_templates = None
-    if args.words > 0:
+    if args.words > 0 or args.caption_feature == "word_mean":
         from sseg.prompts import resolve_templates
 
         word_templates = resolve_templates(args.word_templates)
@@ -202,6 +204,7 @@ def main() -> None:
     parser.add_argument("--text", choices=["words", "caption", "word"], default="words")
     parser.add_argument("--words", type=float, default=0.0, help="word-alignment loss weight")
     parser.add_argument("--word-templates", default="clip7")
+    parser.add_argument("--caption-feature", choices=["sequence", "word_mean"], default="sequence")
     parser.add_argument("--mask-weight", type=float, default=1.0)
     parser.add_argument("--canonical-words", action="store_true",
                         help="diagnostic: replace the world's synonyms and plurals in the text by the class name")

@@ -4,7 +4,10 @@
     python jobs/evaluate.py checkpoint=<mlflow run id>          # the world's labelled split by default
 
 Runs as Ray Data batch inference (num_actors, gpus_per_actor); logs per-class IoU, a bar chart and an
-input | prediction | truth grid to MLflow. Last stdout line: JSON with both mIoUs and images/s.
+input | prediction | truth grid to MLflow. With background, the threshold is GroupViT's for the dataset
+(VOC, COCO-Object 0.95; Pascal Context 0.35; else 0.95) unless segment.bg_thresh=... sets it, clamped per
+image to its best foreground probability (segment.bg_clamp=false turns that off); it is logged as the
+MLflow params eval.bg_thresh / eval.bg_thresh_source. Last stdout line: JSON with both mIoUs and images/s.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import math
 
 import sseg  # noqa: F401
 from pipelines.evaluate import run_evaluation
-from pipelines.evaluate_protocols import build_protocol
+from pipelines.evaluate_protocols import background_threshold, build_protocol
 from pipelines.pretrain_eval import log_pictures
 from pipelines.runtime import init_ray, require_gpus
 from schemas.configs import EvaluateConfig
@@ -23,7 +26,8 @@ from sseg.cli import job_parser, parse_job_config, run_job
 from sseg.config import flatten
 from sseg.errors import ConfigError
 from sseg.inference import SegmentConfig
-from sseg.tracking import LINEAGE_TAG, STAGE_TAG, Tracker, emit_result, resolve_checkpoint
+from sseg.tracking import (LINEAGE_TAG, STAGE_TAG, Tracker, emit_result, generated_run_name,
+                           resolve_checkpoint)
 
 WORLD_DEFAULT_SEGMENT = {"short_side": 64, "sliding": False, "window": 64, "stride": 64, "templates": "clip7"}
 
@@ -42,7 +46,9 @@ def main(argv=None) -> int:
     state = load_checkpoint(checkpoint)
     segment = dict(WORLD_DEFAULT_SEGMENT) if cfg.dataset == "world" else {}
     segment.update(cfg.segment)
-    SegmentConfig.model_validate({**segment, "bg_mode": "none"})  # validate fields early
+    checked = SegmentConfig.model_validate({**segment, "bg_mode": "none"})  # validate fields early
+    bg_thresh, bg_source = background_threshold(cfg.dataset, segment)
+    segment["bg_thresh"] = bg_thresh
     background_classes = cfg.background_classes
     if background_classes is None and cfg.dataset == "world":
         from sseg.data.world import STUFF_CLASSES
@@ -54,9 +60,17 @@ def main(argv=None) -> int:
     parent = (state.get("extra") or {}).get("mlflow_run_id")
     if parent:
         tags[LINEAGE_TAG] = parent
-    tracker = Tracker(cfg.tracking.experiment, run_name=cfg.tracking.run_name, tags=tags)
+    tracker = Tracker(cfg.tracking.experiment, tags=tags,
+                      run_name=cfg.tracking.run_name or generated_run_name("evaluate", cfg.dataset))
     tracker.log_params(flatten(cfg))
     result: dict = {"dataset": cfg.dataset, "checkpoint": checkpoint}
+    if "with_background" in cfg.protocols:
+        tracker.log_params({"eval.bg_thresh": bg_thresh, "eval.bg_thresh_source": bg_source,
+                            "eval.bg_clamp": checked.bg_clamp})
+        result.update(bg_thresh=bg_thresh, bg_thresh_source=bg_source)
+        clamp = ", clamped per image to its best foreground probability" if checked.bg_clamp else ""
+        print(f"[sseg] {cfg.dataset} with_background: background threshold {bg_thresh:g} "
+              f"({bg_source}){clamp}", flush=True)
     try:
         for name in cfg.protocols:
             protocol = build_protocol(name, list(reader.class_names), reader.background_index,
@@ -74,6 +88,9 @@ def main(argv=None) -> int:
             result["images"] = out["images"]
             result["skipped"] = out["skipped"]
             result["images_per_s"] = out["images_per_s"]
+            if protocol.bg_mode == "threshold":
+                result["bg_clamped_images"] = out["bg_clamped"]
+                tracker.log_metrics({f"eval.bg_clamped_images_{name}": out["bg_clamped"]})
             tracker.log_metrics({f"eval.miou_{name}": metrics["miou"],
                                  f"eval.pixel_accuracy_{name}": metrics["pixel_accuracy"],
                                  "eval.images_per_s": out["images_per_s"]})

@@ -19,9 +19,14 @@ from pipelines.runtime import init_ray, require_gpus
 from schemas.configs import PseudoMaskJobConfig
 from sseg.cli import job_parser, parse_job_config, run_job
 from sseg.config import config_hash, flatten
-from sseg.tracking import STAGE_TAG, LINEAGE_TAG, Tracker, emit_result
+from sseg.tracking import STAGE_TAG, LINEAGE_TAG, Tracker, emit_result, generated_run_name
 
 log = logging.getLogger("jobs.pseudo_masks")
+
+
+def run_name(cfg: PseudoMaskJobConfig) -> str:
+    """The MLflow run name: tracking.run_name, else ``pseudo-masks-<generator>-<time>``."""
+    return cfg.tracking.run_name or generated_run_name("pseudo-masks", cfg.pseudo_masks.generator)
 
 
 def main(argv=None) -> int:
@@ -39,7 +44,7 @@ def main(argv=None) -> int:
     if cfg.pseudo_masks.generator == "pixel":
         tags["sseg.note"] = "pixel K-Means baseline (Lab + xy), not DINO: no DINO checkpoint given"
         log.warning("pseudo masks from the pixel K-Means baseline (Lab + xy), not DINO features")
-    tracker = Tracker(cfg.tracking.experiment, run_name=cfg.tracking.run_name, tags=tags)
+    tracker = Tracker(cfg.tracking.experiment, run_name=run_name(cfg), tags=tags)
     tracker.log_params(flatten(cfg))
     tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
     try:

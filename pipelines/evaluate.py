@@ -2,7 +2,8 @@
 
 Each actor loads the checkpoint and the dataset reader once; rows are sample indices. Per batch it returns
 the open-vocabulary confusion matrix and the predicted-mask oracle matrix (each predicted mask takes its
-majority true label: the quality of the masks regardless of naming).
+majority true label: the quality of the masks regardless of naming), and with background by threshold how
+many images had their threshold clamped to their best foreground probability.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class EvaluateBatch:
         masks = OracleMIoU(self.num_gt_classes)
         kept_keys, kept_images, kept_preds, kept_gts = [], [], [], []
         started = time.perf_counter()
-        images, skipped = 0, 0
+        images, skipped, clamped = 0, 0, 0
         for index in batch["index"]:
             try:
                 key, image, label = self.dataset[int(index)]
@@ -78,6 +79,8 @@ class EvaluateBatch:
             prediction = self.segmenter.predict(image, return_scores=False)
             confusion.update(prediction.labels, eval_label)
             images += 1
+            if prediction.bg_thresh is not None and prediction.bg_thresh < self.segmenter.cfg.bg_thresh:
+                clamped += 1
             if len(kept_keys) < self.keep:
                 kept_keys.append(key)
                 kept_images.append(image)
@@ -86,7 +89,8 @@ class EvaluateBatch:
         return {
             "confusion": [confusion.matrix.reshape(-1)],
             "mask_confusion": [masks.confusion.matrix.reshape(-1)],
-            "images": [images], "skipped": [skipped], "seconds": [time.perf_counter() - started],
+            "images": [images], "skipped": [skipped], "bg_clamped": [clamped],
+            "seconds": [time.perf_counter() - started],
             "examples": [{"keys": kept_keys, "images": kept_images, "preds": kept_preds, "gts": kept_gts}],
         }
 
@@ -95,7 +99,8 @@ def run_evaluation(checkpoint: str | Path, dataset: dict, segment: dict, class_n
                    background_index: int | None = None, max_images: int | None = None,
                    num_actors: int = 1, gpus_per_actor: float = 0.0, batch_size: int = 16,
                    keep_predictions: int = 0, mask_quality: bool = True) -> dict:
-    """Sum the confusion matrices of all actors; returns matrices, counts, images/s, kept examples."""
+    """Sum the confusion matrices of all actors; returns matrices, counts (``bg_clamped``: images whose
+    background threshold was clamped), images/s, kept examples."""
     from sseg.data.datasets import build_dataset
 
     dataset = {**dataset, "root": str(Path(dataset["root"]).resolve())}  # workers run elsewhere
@@ -113,7 +118,7 @@ def run_evaluation(checkpoint: str | Path, dataset: dict, segment: dict, class_n
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_actors),
         num_gpus=gpus_per_actor, batch_size=batch_size, batch_format="numpy")
     confusion = mask_confusion = None
-    images = skipped = 0
+    images = skipped = bg_clamped = 0
     examples: list[tuple] = []
     for row in ds.iter_rows():
         c = np.asarray(row["confusion"], np.int64)
@@ -122,6 +127,7 @@ def run_evaluation(checkpoint: str | Path, dataset: dict, segment: dict, class_n
         mask_confusion = m if mask_confusion is None else mask_confusion + m
         images += int(row["images"])
         skipped += int(row["skipped"])
+        bg_clamped += int(row["bg_clamped"])
         ex = row["examples"]
         for i in range(len(ex["keys"])):
             if len(examples) < keep_predictions:
@@ -132,7 +138,7 @@ def run_evaluation(checkpoint: str | Path, dataset: dict, segment: dict, class_n
     return {
         "confusion": ConfusionMatrix.from_matrix(confusion.reshape(n, n)),
         "mask_confusion": ConfusionMatrix.from_matrix(mask_confusion.reshape(k, k)),
-        "images": images, "skipped": skipped, "seconds": elapsed,
+        "images": images, "skipped": skipped, "bg_clamped": bg_clamped, "seconds": elapsed,
         "images_per_s": images / elapsed if elapsed else 0.0, "examples": examples,
     }
 

@@ -1,7 +1,10 @@
 """The paper's two evaluation protocols (Tables 3 and 4) on any supported labelled dataset.
 
 with_background: foreground class names are the text queries; a pixel whose best probability is below
-    bg_thresh becomes background; mIoU over background + foreground classes.
+    the background threshold becomes background; mIoU over background + foreground classes. The threshold
+    is GroupViT's for the dataset (VOC and COCO-Object 0.95, Pascal Context 0.35) unless the config's
+    ``segment.bg_thresh`` sets one, and is clamped per image to its best foreground probability
+    (``sseg.inference.threshold_background``).
 without_background: background pixels are ignored and the model picks among the foreground classes;
     mIoU over the foreground classes. Datasets with no background class (ADE20K, Cityscapes) use this one;
     for the world, ``background_classes`` (its stuff) play VOC's background in the first protocol.
@@ -10,6 +13,7 @@ without_background: background pixels are ignored and the model picks among the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
@@ -52,3 +56,17 @@ def build_protocol(name: str, class_names: list[str], background_index: int | No
     lut = np.asarray(label_map if label_map is not None else np.arange(256), np.int64).copy()
     lut[lut == background_index] = 255  # background pixels are ignored in this protocol
     return Protocol(name, foreground, names, lut.tolist(), background_index, "none", [background_index])
+
+
+def background_threshold(dataset: str, segment: Mapping) -> tuple[float, str]:
+    """The with-background threshold for ``dataset`` and where it comes from: ``segment["bg_thresh"]``
+    when the config sets it ("config"), else GroupViT's value for the dataset ("groupvit_<dataset>"),
+    else SegmentConfig's default ("default"; the world and datasets GroupViT did not evaluate)."""
+    from sseg.data.datasets import GROUPVIT_BG_THRESHOLDS
+    from sseg.inference import SegmentConfig
+
+    if segment.get("bg_thresh") is not None:
+        return SegmentConfig.model_validate({"bg_thresh": segment["bg_thresh"]}).bg_thresh, "config"
+    if dataset in GROUPVIT_BG_THRESHOLDS:
+        return GROUPVIT_BG_THRESHOLDS[dataset], f"groupvit_{dataset}"
+    return SegmentConfig.model_fields["bg_thresh"].default, "default"

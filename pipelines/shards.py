@@ -14,10 +14,11 @@ import ray
 from pipelines import stats
 from pipelines.webdataset_source import TolerantWebDatasetDatasource
 from sseg.data.captions import extract_words
-from sseg.data.decode import decode_image
+from sseg.data.decode import decode_image, skip_reason
 from sseg.data.transforms import center_square, random_resized_crop
 from sseg.errors import DataError
 
+MIN_IMAGE_SIDE = 2  # a smaller image is skipped as too_small
 REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://")
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -79,6 +80,9 @@ class DecodeSamples:
     """map_batches function: raw rows → decoded, fixed-size RGB samples; bad rows skipped and counted.
 
     mode "train": random-resized crop + flip to size×size; "eval"/"cache": short side → size, centre crop.
+    Skip reasons: a shard's marker row names ``empty_shard``, ``corrupt_shard`` or ``truncated_shard``
+    (pipelines/webdataset_source.py); a sample is ``missing_image``, ``missing_caption``, ``empty_image``
+    (no bytes, 0 pixels), ``undecodable_image`` or ``too_small`` (a side below MIN_IMAGE_SIDE).
     """
 
     def __init__(self, size: int, mode: Literal["train", "eval", "cache"] = "train",
@@ -104,16 +108,10 @@ class DecodeSamples:
             if not caption:
                 skipped["missing_caption"] += 1
                 continue
-            if len(image_bytes) == 0:
-                skipped["empty_image"] += 1
-                continue
             try:
-                image = decode_image(bytes(image_bytes))
-            except DataError:
-                skipped["undecodable_image"] += 1
-                continue
-            if image.shape[0] < 2 or image.shape[1] < 2:
-                skipped["empty_image"] += 1
+                image = decode_image(bytes(image_bytes), min_side=MIN_IMAGE_SIDE)
+            except DataError as exc:
+                skipped[skip_reason(exc)] += 1
                 continue
             if self.mode == "train":
                 image, _ = random_resized_crop(image, self.size, self.rng, scale=self.crop_scale)

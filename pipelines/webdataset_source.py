@@ -4,7 +4,8 @@ Ray's ``read_webdataset`` fails the whole read task when a tar is truncated or n
 subclass of Ray's own ``WebDatasetDatasource`` reads the same img2dataset layout with the same tar/grouping
 helpers, but normalises every sample to a fixed set of columns (so blocks from different shards share one
 schema) and turns a broken stream into one marker row (``error`` set) after the samples read before the
-break, so the other shards and the good part of this one still flow and the loss is counted.
+break, so the other shards and the good part of this one still flow and the loss is counted. A shard with
+no samples (a 0-byte file, a tar with no files) gets a marker row too, so it is counted, not lost quietly.
 """
 
 from __future__ import annotations
@@ -52,19 +53,42 @@ def normalise_sample(sample: dict, shard: str) -> dict:
                     meta.decode("utf-8", errors="replace") if isinstance(meta, bytes) else meta, None)
 
 
+class _CountingReader:
+    """A read-only stream that counts the bytes read through it (tarfile's stream mode only reads)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.bytes += len(data)
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 def iterate_shard(stream, shard: str) -> Iterator[dict]:
-    """Rows of one tar stream; a broken stream ends with one row whose ``error`` names the reason:
-    ``truncated_shard`` when samples were read before the break, else ``corrupt_shard``."""
+    """Rows of one tar stream. A shard that gives no sample ends with one row whose ``error`` names
+    the reason: ``empty_shard`` (no bytes at all, or a valid tar holding no files), else
+    ``corrupt_shard`` (not a readable tar); a stream that breaks after some samples ends with
+    ``truncated_shard``."""
     read = 0
+    counted = _CountingReader(stream)
     try:
-        files = _tar_file_iterator(stream)
+        files = _tar_file_iterator(counted)
         for sample in _group_by_keys(files, meta=dict(__url__=shard)):
             yield normalise_sample(sample, shard)
             read += 1
     except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
-        reason = "truncated_shard" if read else "corrupt_shard"
+        reason = "truncated_shard" if read else ("empty_shard" if counted.bytes == 0 else "corrupt_shard")
         log.warning("shard %s: %s after %d samples (%s)", shard, reason, read, exc)
         yield _raw_row(f"{shard}#error", shard, None, None, None, reason)
+        return
+    if read == 0:
+        log.warning("shard %s: empty_shard (no samples)", shard)
+        yield _raw_row(f"{shard}#error", shard, None, None, None, "empty_shard")
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:

@@ -20,8 +20,15 @@ Model interface (``sseg.models``)::
 Background (``bg_mode``):
 
 * ``"threshold"`` (GroupViT protocol): per-pixel class scores are normalised to sum to 1; where
-  the largest is below ``bg_thresh`` the pixel is background. The background gets its own label
-  slot (``background_index``, default 0) that the text classifier does not contain.
+  the largest is below the threshold the pixel is background. The threshold is ``bg_thresh``
+  clamped to the image's largest foreground probability (``bg_clamp``, GroupViT's
+  ``bg_thresh = min(bg_thresh, max probability)``), so an image whose best score is below
+  ``bg_thresh`` keeps its most confident pixels instead of turning all background. GroupViT
+  applies the rule to each 448 sliding window before averaging them; here it is applied once, to
+  the window-averaged scores of the whole image. The background gets its own label slot
+  (``background_index``, default 0) that the text classifier does not contain. GroupViT's
+  thresholds per dataset (VOC, COCO-Object 0.95, Pascal Context 0.35) are in
+  ``sseg.data.datasets.GROUPVIT_BG_THRESHOLDS``; ``jobs/evaluate.py`` uses them by default.
 * ``"class"``: "background" is an ordinary text class (e.g. with SemiVL's background concepts).
 * ``"none"``: background is never predicted; a slot may still be reserved so label ids match a
   dataset with a background class (the "without background" protocol: evaluate with
@@ -59,6 +66,7 @@ class SegmentConfig(StrictModel):
     templates: str | list[str] = "clip"
     bg_mode: BgMode = "threshold"
     bg_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    bg_clamp: bool = True  # threshold <= the image's best foreground probability (GroupViT)
     short_side: int | None = Field(448, gt=0)  # None: keep the input size
     max_long_side: int = Field(2048, gt=0)  # mmseg Resize img_scale=(2048, 448), keep_ratio
     sliding: bool = True
@@ -220,6 +228,24 @@ def normalise_scores(scores: Tensor, eps: float = 1e-12) -> Tensor:
     return scores / scores.sum(dim=-3, keepdim=True).clamp_min(eps)
 
 
+def threshold_background(scores: Tensor, bg_thresh: float, clamp: bool = True,
+                         eps: float = 1e-12) -> tuple[Tensor, float]:
+    """GroupViT's background rule on one image's class scores ``[C, H, W]`` (>= 0, any scale).
+
+    A pixel is background where its largest class probability (scores normalised to sum to 1 over
+    C) is below the threshold. With ``clamp`` the threshold is first lowered to the largest such
+    probability in the image, ``min(bg_thresh, max over pixels)``: the image's most confident
+    pixels are then never background. A pixel whose scores are all 0 is always background.
+    Returns the ``[H, W]`` bool mask and the threshold applied.
+    """
+    total = scores.sum(dim=0)
+    probability = scores.max(dim=0).values / total.clamp_min(eps)
+    threshold = float(bg_thresh)
+    if clamp and probability.numel():
+        threshold = min(threshold, float(probability.max()))
+    return (probability < threshold) | (total <= 0), threshold
+
+
 # ----------------------------------------------------------------------------- geometry
 
 
@@ -266,7 +292,8 @@ def resize_maps(maps: Tensor, size: tuple[int, int], antialias: bool = False) ->
 class Prediction:
     labels: np.ndarray  # [H, W] uint8 (int16 beyond 255 classes), ids into Segmenter.class_names
     scores: Tensor | None  # [C_out, H, W] float32: normalised class probabilities; the
-    # background slot holds bg_thresh ("threshold") or 0 ("none")
+    # background slot holds the threshold applied ("threshold") or 0 ("none")
+    bg_thresh: float | None = None  # "threshold" mode: the threshold applied, <= cfg.bg_thresh
 
 
 class Segmenter:
@@ -394,12 +421,13 @@ class Segmenter:
     @torch.no_grad()
     def predict(self, image: np.ndarray, return_scores: bool = True) -> Prediction:
         raw = self.score_map(image, normalise=False).clamp_min_(0)
-        # argmax and "max probability < thresh" on the raw scores: max / sum < t ⇔ max < t · sum
-        best, label = raw.max(dim=0)
-        is_background = best < self.cfg.bg_thresh * raw.sum(dim=0).clamp_min(1e-12)
+        label = raw.max(dim=0).indices
+        threshold = None
         if self._slot is not None:
             label = label + (label >= self._slot).to(label.dtype)
             if self.cfg.bg_mode == "threshold":
+                is_background, threshold = threshold_background(raw, self.cfg.bg_thresh,
+                                                                 self.cfg.bg_clamp)
                 label[is_background] = self._slot
         dtype = np.uint8 if self.num_classes <= 255 else np.int16
         labels = label.cpu().numpy().astype(dtype)
@@ -408,8 +436,8 @@ class Segmenter:
             probs = normalise_scores(raw)
             scores = probs
             if self._slot is not None:
-                fill = self.cfg.bg_thresh if self.cfg.bg_mode == "threshold" else 0.0
+                fill = threshold if threshold is not None else 0.0
                 background = probs.new_full((1, *probs.shape[1:]), fill)
                 scores = torch.cat([probs[:self._slot], background, probs[self._slot:]])
             scores = scores.cpu()
-        return Prediction(labels=labels, scores=scores)
+        return Prediction(labels=labels, scores=scores, bg_thresh=threshold)

@@ -20,6 +20,15 @@ LINEAGE_TAG = "sseg.parent_run_id"
 STAGE_TAG = "sseg.stage"
 
 
+def generated_run_name(*parts: str, now: float | None = None) -> str:
+    """A readable MLflow run name for a run the config does not name: the parts and the local time,
+    ``pseudo-masks-pixel-20260101-120000`` (the form of pretraining's ``pretrain-<time>``)."""
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return "-".join([*(str(p) for p in parts if str(p)), stamp])
+
+
 def resolve_tracking_uri(uri: str | None = None) -> str:
     uri = uri or os.environ.get(ENV_URI)
     if not uri:

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from sseg.tracking import Tracker, emit_result, resolve_tracking_uri
+from sseg.tracking import Tracker, emit_result, generated_run_name, resolve_tracking_uri
 
 
 def test_torchvision_timm_open_clip_import_in_a_fresh_process():
@@ -52,3 +52,12 @@ def test_emit_result_prints_one_json_line(capsys):
     emit_result({"miou": 0.5, "mlflow_run_id": "abc"})
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(line) == {"miou": 0.5, "mlflow_run_id": "abc"}
+
+
+def test_generated_run_name_is_readable():
+    import time
+
+    moment = time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))  # local time, like the name
+    assert generated_run_name("pseudo-masks", "dino", now=moment) == "pseudo-masks-dino-20260102-030405"
+    assert generated_run_name("evaluate", "", now=moment) == "evaluate-20260102-030405"
+

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import sseg  # noqa: F401
-from sseg.data.decode import decode_image, decode_label
+from sseg.data.decode import DecodeError, decode_image, decode_label, skip_reason
 from sseg.errors import DataError
 
 
@@ -122,6 +122,32 @@ def test_bad_data_is_a_one_line_data_error(data, reason):
     with pytest.raises(DataError, match=f"undecodable image: .*{reason}") as info:
         decode_image(data)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty_image"),
+    (b"not an image at all", "undecodable_image"),
+    (encode(Image.new("RGB", (3, 3)))[:30], "undecodable_image"),  # truncated
+])
+def test_failures_name_their_skip_reason(data, reason):
+    with pytest.raises(DecodeError) as info:
+        decode_image(data)
+    assert info.value.reason == reason and skip_reason(info.value) == reason
+    assert isinstance(info.value, DataError)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (5, 1)])
+def test_image_below_min_side_is_too_small(size):
+    data = encode(Image.new("RGB", size))
+    assert decode_image(data).shape == (size[1], size[0], 3)  # min_side=1: kept
+    with pytest.raises(DecodeError, match="too small") as info:
+        decode_image(data, min_side=2)
+    assert info.value.reason == "too_small" and "\n" not in str(info.value)
+    assert decode_image(encode(Image.new("RGB", (2, 2))), min_side=2).shape == (2, 2, 3)
+
+
+def test_skip_reason_of_other_errors():
+    assert skip_reason(DataError("anything else")) == "undecodable_image"
 
 
 def test_truncated_png_is_a_data_error(rgb):

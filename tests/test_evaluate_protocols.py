@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipelines.evaluate import constant_class_miou
-from pipelines.evaluate_protocols import build_protocol
+from pipelines.evaluate_protocols import background_threshold, build_protocol
 from sseg.errors import ConfigError
 from sseg.metrics import ConfusionMatrix
 
@@ -50,3 +50,22 @@ def test_constant_class_baseline_by_hand():
     miou, best = constant_class_miou(cm)
     # 7 valid pixels: class 0 has 4 → predicting 0 everywhere: IoU_0 = 4/7, IoU_1 = IoU_2 = 0
     assert best == 0 and miou == pytest.approx((4 / 7) / 3)
+
+
+@pytest.mark.parametrize("dataset, segment, expected", [
+    ("voc", {}, (0.95, "groupvit_voc")),
+    ("coco_object", {}, (0.95, "groupvit_coco_object")),
+    ("context", {"window": 448}, (0.35, "groupvit_context")),
+    ("world", {}, (0.95, "default")),
+    ("ade20k", {"bg_thresh": None}, (0.95, "default")),
+    ("context", {"bg_thresh": 0.5}, (0.5, "config")),  # a config field overrides the dataset's value
+    ("voc", {"bg_thresh": "0.2"}, (0.2, "config")),  # as a command-line override arrives
+])
+def test_background_threshold_per_dataset(dataset, segment, expected):
+    assert background_threshold(dataset, segment) == expected
+
+
+def test_background_threshold_rejects_out_of_range():
+    with pytest.raises(Exception, match="bg_thresh"):
+        background_threshold("voc", {"bg_thresh": 1.5})
+

@@ -12,7 +12,7 @@ import sseg  # noqa: F401
 from sseg.errors import ConfigError, DataError
 from sseg.inference import (SegmentConfig, Segmenter, TextClassifier, build_text_classifier,
                             classify_masks, normalise_scores, resized_shape, semantic_inference,
-                            sliding_windows)
+                            sliding_windows, threshold_background)
 from sseg.prompts import (CLIP_TEMPLATES, ClassDefinition, dataset_class_definitions, foreground,
                           parse_class_definitions, resolve_templates)
 from sseg.viz import figure_to_array, grid, legend, overlay, per_class_iou_bar_chart, voc_palette
@@ -228,6 +228,50 @@ def test_background_threshold_known_answer():
     # a lower threshold keeps the two-way tie as foreground
     low = Segmenter(model, segmenter.classifier, SegmentConfig(bg_thresh=0.4, sliding=False, **PLAIN))
     assert low.predict(swatch_image()).labels[1, 1] in (1, 2) and low.predict(swatch_image()).labels[1, 0] == 0
+
+
+def test_threshold_background_hand_computed():
+    # one row of pixels, scores on any scale: probabilities .96/.04, .90/.10, .50/.50, 0/0
+    scores = torch.tensor([[[9.6, 1.8, 2.0, 0.0]], [[0.4, 0.2, 2.0, 0.0]]])
+    mask, used = threshold_background(scores, 0.95)
+    assert used == 0.95  # the best pixel (.96) is above 0.95: no clamp
+    assert mask.tolist() == [[False, True, True, True]]  # .96 >= .95 foreground; .90, .50 below; 0/0
+    # Pascal Context's 0.35 over three classes: .40 is foreground, .34 background
+    context = torch.tensor([[[0.40, 0.34]], [[0.30, 0.33]], [[0.30, 0.33]]])
+    mask, used = threshold_background(context, 0.35)
+    assert used == 0.35 and mask.tolist() == [[False, True]]
+
+
+def test_threshold_background_clamps_to_the_images_best_probability():
+    # best probabilities .80 and .60: below 0.95 everywhere, so the threshold drops to .80
+    scores = torch.tensor([[[0.8, 0.6]], [[0.2, 0.4]]])
+    mask, used = threshold_background(scores, 0.95)
+    assert used == pytest.approx(0.8) and mask.tolist() == [[False, True]]
+    mask, used = threshold_background(scores, 0.95, clamp=False)  # without: all background
+    assert used == 0.95 and mask.tolist() == [[True, True]]
+    mask, used = threshold_background(scores, 0.7)  # a threshold below the best is kept as it is
+    assert used == 0.7 and mask.tolist() == [[False, True]]
+    mask, used = threshold_background(torch.zeros(2, 1, 2), 0.95)  # no evidence at all: background
+    assert mask.tolist() == [[True, True]]
+
+
+def test_segmenter_clamps_the_threshold_per_image():
+    model = FakeSegModel()
+    classifier = classifier_for("cat,dog,sky", model)
+    image = np.array([[GREY, YELLOW]], dtype=np.uint8)  # best probabilities 1/3 and 1/2
+    clamped = Segmenter(model, classifier, SegmentConfig(bg_thresh=0.95, sliding=False, **PLAIN))
+    prediction = clamped.predict(image)
+    # the threshold drops to yellow's 1/2: yellow stays cat or dog, grey (1/3) is background
+    assert prediction.bg_thresh == pytest.approx(0.5, abs=1e-3)
+    assert prediction.labels[0, 0] == 0 and prediction.labels[0, 1] in (1, 2)
+    assert torch.all(prediction.scores[0] == prediction.bg_thresh)
+    plain = Segmenter(model, classifier, SegmentConfig(bg_thresh=0.95, bg_clamp=False, sliding=False, **PLAIN))
+    unclamped = plain.predict(image)
+    assert unclamped.bg_thresh == 0.95 and unclamped.labels.tolist() == [[0, 0]]
+    # the swatch image has confident pixels (~1.0): no clamp, 0.95 as configured
+    assert clamped.predict(swatch_image()).bg_thresh == 0.95
+    none = Segmenter(model, classifier, SegmentConfig(bg_mode="none", sliding=False, **PLAIN))
+    assert none.predict(image).bg_thresh is None
 
 
 def test_background_slot_follows_dataset_position_and_modes():

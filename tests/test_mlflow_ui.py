@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,11 @@ def _artifacts_dir() -> Path:
     return path
 
 
+def _under_ci() -> bool:
+    """CI=true (what .ci/run exports; also 1/yes): a test that cannot run must fail, not skip."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 def _require_browser() -> None:
     problem = None
     if not CHROMIUM.exists():
@@ -42,7 +48,7 @@ def _require_browser() -> None:
             problem = "python package 'playwright' is not installed (pip install -e .[dev])"
     if problem is None:
         return
-    if os.environ.get("CI", "").lower() == "true":
+    if _under_ci():
         pytest.fail(f"browser test cannot run under CI: {problem}")
     pytest.skip(problem)
 
@@ -86,6 +92,15 @@ def _live_members_of_group(pgid: int) -> list[int]:
         if int(group) == pgid and state != "Z":
             members.append(int(stat.parent.name))
     return members
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                                         ("", pytest.skip.Exception), ("false", pytest.skip.Exception)])
+def test_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch, tmp_path, ci, outcome):
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="no-chromium not found"):
+        _require_browser()
 
 
 @pytest.mark.browser

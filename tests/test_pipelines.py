@@ -9,6 +9,7 @@ import shutil
 import tarfile
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -88,6 +89,55 @@ def test_corrupt_members_and_shards_are_skipped_and_counted(ray_session, corrupt
                        "empty_image": 1, "missing_caption": 1, "missing_image": 1}
     assert all(r["image"].shape == (32, 32, 3) and r["image"].dtype == np.uint8 for r in rows)
     assert "ball" in next(r["words"] for r in rows if r["key"] == "k0").split()
+
+
+def _png(height: int, width: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 200, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_skip_reasons_without_ray(tmp_path):
+    """Every reason, shard-level and sample-level, through iterate_shard and DecodeSamples directly."""
+    from pipelines.shards import DecodeSamples
+    from pipelines.webdataset_source import RAW_COLUMNS, iterate_shard
+
+    (tmp_path / "zero.tar").write_bytes(b"")  # a 0-byte file: empty, not corrupt
+    with tarfile.open(tmp_path / "no_files.tar", "w"):
+        pass  # a valid tar that holds nothing: empty too
+    (tmp_path / "garbage.tar").write_bytes(b"this is not a tar archive at all" * 40)
+    with tarfile.open(tmp_path / "members.tar", "w") as tar:
+        _add(tar, "k0.jpg", _jpeg(0)); _add(tar, "k0.txt", b"a ball")  # noqa: E702
+        _add(tar, "k1.png", _png(1, 1)); _add(tar, "k1.txt", b"a dot")  # noqa: E702 - 1x1: too small
+        _add(tar, "k2.png", _png(1, 40)); _add(tar, "k2.txt", b"a line")  # noqa: E702 - too small
+        _add(tar, "k3.png", _png(2, 2)); _add(tar, "k3.txt", b"a tiny square")  # noqa: E702 - kept
+        _add(tar, "k4.jpg", b""); _add(tar, "k4.txt", b"a cup")  # noqa: E702 - no bytes
+        _add(tar, "k5.jpg", b"\xff\xd8 not really a jpeg"); _add(tar, "k5.txt", b"a box")  # noqa: E702
+    counts: Counter = Counter()
+    counter = SimpleNamespace(add=SimpleNamespace(remote=counts.update))  # the skip-counter actor's API
+    decode = DecodeSamples(16, "eval", counter=counter)
+    kept = []
+    for shard in sorted(tmp_path.glob("*.tar")):
+        with open(shard, "rb") as stream:
+            rows = list(iterate_shard(stream, str(shard)))
+        batch = {name: np.array([r[name] for r in rows], dtype=object) for name in RAW_COLUMNS}
+        kept += decode(batch)["key"].tolist()
+    assert sorted(kept) == ["k0", "k3"]
+    assert counts == {"empty_shard": 2, "corrupt_shard": 1, "too_small": 2, "empty_image": 1,
+                             "undecodable_image": 1}
+
+
+def test_pseudo_mask_runs_are_named_like_pretraining_runs():
+    import re
+
+    from jobs.pseudo_masks import run_name
+    from schemas.configs import PseudoMaskJobConfig
+
+    assert re.fullmatch(r"pseudo-masks-pixel-\d{8}-\d{6}", run_name(PseudoMaskJobConfig()))
+    dino = PseudoMaskJobConfig.model_validate({"pseudo_masks": {"generator": "dino"}})
+    assert re.fullmatch(r"pseudo-masks-dino-\d{8}-\d{6}", run_name(dino))
+    named = PseudoMaskJobConfig.model_validate({"tracking": {"run_name": "cc12m-dino-k8"}})
+    assert run_name(named) == "cc12m-dino-k8"
 
 
 def _digest(paths) -> dict[str, str]:

@@ -105,6 +105,9 @@ def test_evaluate_job_reports_both_protocols(ray_session, trained, workdir, monk
     assert 0.0 <= result["miou_with_background"] <= 1.0
     assert 0.0 <= result["miou_without_background"] <= 1.0
     assert result["images"] == 8 and result["images_per_s"] > 0 and result["mlflow_run_id"]
+    # the world is no GroupViT dataset: SegmentConfig's 0.95, clamped per image
+    assert result["bg_thresh"] == 0.95 and result["bg_thresh_source"] == "default"
+    assert 0 <= result["bg_clamped_images"] <= result["images"]
 
 
 def test_segment_job_writes_overlays_for_world_and_real_photo(trained, workdir, tmp_path, capsys):

@@ -11,6 +11,10 @@ shard or a benchmark dataset contains. Rules, so results are deterministic:
 * everything else (L, 1, P, CMYK, YCbCr, LAB, HSV) goes through Pillow's RGB conversion.
 
 Label maps are decoded with :func:`decode_label`, which keeps palette indices as class ids.
+
+Every failure is a one-line :class:`DecodeError` (a ``DataError``) whose ``reason`` is the key a
+pipeline counts skipped samples under: ``empty_image`` (no bytes, or a 0-pixel image),
+``undecodable_image`` (not an image Pillow reads), ``too_small`` (a side below ``min_side``).
 """
 
 from __future__ import annotations
@@ -23,12 +27,29 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sseg.errors import DataError
 
+EMPTY_IMAGE = "empty_image"
+UNDECODABLE_IMAGE = "undecodable_image"
+TOO_SMALL = "too_small"
+
+
+class DecodeError(DataError):
+    """Why bytes gave no usable image: a one-line message and a short ``reason`` to count it under."""
+
+    def __init__(self, message: str, reason: str = UNDECODABLE_IMAGE) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def skip_reason(error: Exception) -> str:
+    """The skip-counter key of a decoding failure (``undecodable_image`` unless it names another)."""
+    return getattr(error, "reason", UNDECODABLE_IMAGE)
+
 
 def _open(data: bytes, what: str) -> Image.Image:
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise DataError(f"undecodable {what}: expected bytes, got {type(data).__name__}")
+        raise DecodeError(f"undecodable {what}: expected bytes, got {type(data).__name__}")
     if len(data) == 0:
-        raise DataError(f"undecodable {what}: empty data")
+        raise DecodeError(f"undecodable {what}: empty data", EMPTY_IMAGE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -37,9 +58,10 @@ def _open(data: bytes, what: str) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
             Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"undecodable {what}: {reason}") from None
+        raise DecodeError(f"undecodable {what}: {reason}") from None
     if image.width == 0 or image.height == 0:
-        raise DataError(f"undecodable {what}: zero-size image ({image.width}x{image.height})")
+        raise DecodeError(f"undecodable {what}: zero-size image ({image.width}x{image.height})",
+                          EMPTY_IMAGE)
     return image
 
 
@@ -67,13 +89,17 @@ def _high_bit_depth_to_uint8(image: Image.Image) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-def decode_image(data: bytes, apply_exif: bool = True) -> np.ndarray:
+def decode_image(data: bytes, apply_exif: bool = True, min_side: int = 1) -> np.ndarray:
     """Encoded image bytes → contiguous ``uint8 [H, W, 3]`` RGB array.
 
     ``apply_exif=False`` keeps the stored pixel grid; labelled-dataset readers use it because
     their label maps are aligned with the stored pixels, not with the displayed orientation.
+    An image with a side below ``min_side`` pixels is refused (reason ``too_small``).
     """
     image = _open(data, "image")
+    if image.width < min_side or image.height < min_side:
+        raise DecodeError(f"image too small: {image.width}x{image.height} (a side below {min_side} px)",
+                          TOO_SMALL)
     if apply_exif:
         try:
             image = ImageOps.exif_transpose(image)
@@ -105,4 +131,4 @@ def decode_label(data: bytes) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8).copy()
     if image.mode == "I" or image.mode.startswith("I;16"):
         return np.asarray(image).astype(np.int32)
-    raise DataError(f"undecodable label map: mode {image.mode} is not a single-channel id image")
+    raise DecodeError(f"undecodable label map: mode {image.mode} is not a single-channel id image")
