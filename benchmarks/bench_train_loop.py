@@ -182,7 +182,14 @@ def evaluate(model, voc_root: str, max_images: int, templates: str) -> dict:
     for i in range(min(max_images, len(dataset))):
         _, image, label = dataset[i]
         confusion.update(segmenter.predict(image, return_scores=False).labels, label)
-    return {"miou": confusion.compute()["miou"]}
+    metrics = confusion.compute()
+    names = list(dataset.class_names)
+    per_class = {n: round(float(v), 3) for n, v in zip(names, metrics["per_class_iou"])}
+    from sseg.data.world import THING_CLASSES
+
+    things = [per_class[n] for n in THING_CLASSES if n in per_class]
+    return {"miou": metrics["miou"], "miou_things": float(np.mean(things)) if things else None,
+            "per_class_iou": per_class}
 
 
 def main() -> None:
