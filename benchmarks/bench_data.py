@@ -1,7 +1,7 @@
 """Data-plane throughput: a plain single-process webdataset loop vs our Ray Data pipeline.
 
 Both decode JPEGs with PIL, resize to 224 and normalise to float tensors; Ray Data runs decode/resize in
-parallel tasks (pipelines.shards.DecodeSamples) and the consumer normalises. Reports steady-state samples/s
+parallel tasks (pipelines.io.shards.DecodeSamples) and the consumer normalises. Reports steady-state samples/s
 (after the first batch) and time to first batch.
 
     python benchmarks/bench_data.py --images 4000 --image-size 256
@@ -56,7 +56,7 @@ def plain_loop(shards: list[str], size: int, batch: int) -> dict:
 def ray_loop(shards: list[str], size: int, batch: int) -> dict:
     import ray
 
-    from pipelines.shards import DecodeSamples, read_shards
+    from pipelines.io.shards import DecodeSamples, read_shards
 
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,

@@ -74,7 +74,7 @@ def probe(checkpoint: str, max_images: int, voc: str) -> dict:
     from sseg.data.world_vocab import THING_CLASSES
     from sseg.inference import SegmentConfig, Segmenter, build_text_classifier
     from sseg.models.text import tokenize
-    from sseg.training import model_from_checkpoint
+    from sseg.checkpoints import model_from_checkpoint
 
     model, _ = model_from_checkpoint(checkpoint)
     dataset = build_dataset("world", voc, "val")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import _bootstrap  # noqa: F401
 
 import sseg  # noqa: F401
-from pipelines.pretrain_run import run_pretrain
+from pipelines.runs.pretrain import run_pretrain
 from schemas.configs import PretrainConfig
-from sseg.cli import job_parser, parse_job_config, run_job
-from sseg.tracking import emit_result
+from pipelines.cli import job_parser, parse_job_config, run_job
+from pipelines.tracking import emit_result
 
 
 def main(argv=None) -> int:

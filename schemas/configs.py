@@ -98,8 +98,6 @@ class TrainConfig(StrictModel):
     # the mean of its normalised word features (not in the paper; docs/experiments.md: at small scale the
     # sequence tower folds the thing words of a word list into one direction and no object is named).
     caption_feature: Literal["sequence", "word_mean"] = "sequence"
-    # Fault-injection hook for tests: the rank-0 worker exits abruptly once when it reaches this step.
-    fault_injection_step: int | None = None
 
 
 class PretrainEvalConfig(StrictModel):
@@ -176,3 +174,16 @@ class EvaluateConfig(StrictModel):
     pictures: int = Field(default=8, ge=0)
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig(experiment="sseg-eval")
+
+
+class SegmentJobConfig(StrictModel):
+    """``jobs/segment.py``: any images, any class names, any checkpoint that can segment."""
+
+    checkpoint: str | None = None  # path, or an MLflow run id
+    classes: str | None = None  # "cat,dog,grass", "person;people,...", or a YAML/JSON file of definitions
+    images: list[str] = Field(default_factory=list)
+    out: str = "outputs/segment"
+    log_mlflow: bool = False
+    segment: dict = Field(default_factory=dict)  # SegmentConfig fields (templates, bg_thresh, window, ...)
+    tracking: TrackingConfig = TrackingConfig(experiment="sseg-segment")
+

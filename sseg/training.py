@@ -1,23 +1,19 @@
-"""The S-Seg training step and its pieces (optimizer, schedule, checkpoints): plain PyTorch, no Ray."""
+"""Training pieces shared by every stage (optimizer, schedule) and the S-Seg pretraining step: plain
+PyTorch, no Ray. Checkpoints: :mod:`sseg.checkpoints`."""
 
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from sseg.data.transforms import to_normalized_tensor
-from sseg.errors import CheckpointError
 
-CHECKPOINT_FILE = "sseg_checkpoint.pt"
-CHECKPOINT_KIND = "sseg-pretrain"
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
@@ -143,72 +139,58 @@ def _to_float(tree):
     return tree
 
 
-def save_checkpoint(directory: str | Path, *, model: nn.Module, model_config: dict,
-                    optimizer=None, scheduler=None, step: int = 0, epoch: int = 0,
-                    extra: dict | None = None) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    core = model.module if hasattr(model, "module") else model
-    state = {
-        "kind": CHECKPOINT_KIND, "model_config": model_config,
-        "model": core.state_dict(), "step": step, "epoch": epoch, "extra": extra or {},
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-    }
-    tmp = directory / (CHECKPOINT_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, directory / CHECKPOINT_FILE)
-    return directory / CHECKPOINT_FILE
+class TrainingStep(Protocol):
+    """What the generic training loop (pipelines/training/loop.py) drives, for any stage.
+
+    ``model`` is the unwrapped model (the loop may replace it with a DDP wrapper); ``run`` takes one
+    numpy batch as the stage's dataset yields it and returns scalar metrics, "loss" among them.
+    """
+
+    kind: str  # checkpoint kind, e.g. "sseg-pretrain"
+    model_name: str  # registry name (sseg.models.registry)
+    model_config: dict
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    progress_keys: tuple[tuple[str, str], ...]  # (metric, label) pairs for the progress line
+
+    def run(self, batch: dict) -> dict[str, float]: ...
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read an sseg pretraining checkpoint (file or the directory holding it), validating its kind."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad checkpoint
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
-        raise CheckpointError(f"{path} is not an sseg pretraining checkpoint "
-                              f"(kind={state.get('kind') if isinstance(state, dict) else type(state).__name__})")
-    return state
+class SSegPretrainStep:
+    """S-Seg pretraining: numpy batch (image, segments, caption) → :class:`Batch` → :class:`TrainStep`."""
 
+    kind = "sseg-pretrain"
+    model_name = "sseg"
+    progress_keys = (("loss_mask", "mask"), ("loss_contrastive", "con"), ("loss_words", "words"),
+                     ("temperature", "T"), ("query_collapse", "collapse"))
 
-def _with_defaults(model_config: dict) -> dict:
-    """The config with every field filled in, so a checkpoint written before a field existed compares
-    equal to a config that leaves that field at its default."""
-    from sseg.models import ModelConfig
+    def __init__(self, train_step: TrainStep, model_config: dict, context_length: int, device: torch.device,
+                 word_templates: Sequence[str] | None = None, seed: int = 0):
+        self.train_step = train_step
+        self.model_config = model_config
+        self.context_length = context_length
+        self.device = device
+        self.word_templates = word_templates
+        self.rng = random.Random(seed)
 
-    try:
-        return ModelConfig.model_validate(model_config).model_dump(mode="json")
-    except ValueError:  # pydantic's ValidationError: compare the raw dicts, naming the first difference
-        return dict(model_config)
+    @property
+    def model(self) -> nn.Module:
+        return self.train_step.model
 
+    @model.setter
+    def model(self, value: nn.Module) -> None:
+        self.train_step.model = value
 
-def check_model_config(state: dict, model_config: dict, source: str) -> None:
-    """Refuse to resume from a checkpoint of another model config (first differing field named)."""
-    saved = _with_defaults(state.get("model_config", {}))
-    model_config = _with_defaults(model_config)
-    for key in sorted(set(saved) | set(model_config)):
-        if saved.get(key) != model_config.get(key):
-            raise CheckpointError(
-                f"checkpoint {source} was trained with model.{key}={saved.get(key)!r}, "
-                f"this config has {model_config.get(key)!r}")
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.train_step.optimizer
 
+    @property
+    def scheduler(self):
+        return self.train_step.scheduler
 
-def model_from_checkpoint(path: str | Path, map_location="cpu"):
-    """(model in eval mode, state) from a checkpoint file/dir."""
-    from sseg.models import ModelConfig, SSegModel
-
-    state = load_checkpoint(path, map_location)
-    model = SSegModel(ModelConfig.model_validate(state["model_config"]))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit its own model config: "
-                              f"{str(exc).splitlines()[0]}") from None
-    return model.eval(), state
+    def run(self, batch: dict) -> dict[str, float]:
+        data = prepare_batch(batch["image"], batch["segments"], batch["caption"], self.context_length,
+                             self.device, self.word_templates, self.rng)
+        return self.train_step(data)

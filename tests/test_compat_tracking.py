@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from sseg.tracking import Tracker, emit_result, generated_run_name, resolve_tracking_uri
+from pipelines.tracking import Tracker, emit_result, generated_run_name, resolve_tracking_uri
 
 
 def test_torchvision_timm_open_clip_import_in_a_fresh_process():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.evaluate import constant_class_miou
-from pipelines.evaluate_protocols import background_threshold, build_protocol
+from pipelines.stages.batch_inference import constant_class_miou
+from pipelines.stages.evaluate_protocols import background_threshold, build_protocol
 from sseg.errors import ConfigError
 from sseg.metrics import ConfusionMatrix
 

@@ -142,7 +142,7 @@ def test_criterion_total_equals_hand_assembled_terms() -> None:
     torch.testing.assert_close(losses["loss_mask"], 20 * focal_sum + dice_sum)
     torch.testing.assert_close(losses["loss_contrastive"], contrastive.loss)
     torch.testing.assert_close(losses["loss"], 0.7 * (20 * focal_sum + dice_sum) + 1.3 * contrastive.loss)
-    assert [len(src) for src, _ in criterion.last_indices] == [2, 1]
+    assert [len(src) for src, _ in criterion.matcher(outputs["pred_masks"], targets)] == [2, 1]
     assert set(losses) >= {"loss", "loss_mask", "loss_focal", "loss_dice", "loss_contrastive",
                            "contrastive_accuracy"}
 
@@ -155,7 +155,8 @@ def test_unmatched_queries_are_not_penalised() -> None:
     logits[1, 1] = torch.where(targets[1][0], 6.0, -6.0)
     criterion = SSegCriterion()
     baseline = criterion(_outputs(logits.clone()), targets)
-    assert criterion.last_indices[0][0].tolist() == [0, 2] and criterion.last_indices[0][1].tolist() == [1, 0]
+    indices = criterion.matcher(logits, targets)
+    assert indices[0][0].tolist() == [0, 2] and indices[0][1].tolist() == [1, 0]
 
     changed = logits.clone()
     changed[0, 1] = torch.randn(8, 8)  # the unmatched query of image 0 now predicts noise

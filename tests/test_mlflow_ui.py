@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sseg.tracking import LINEAGE_TAG, STAGE_TAG, Tracker
+from pipelines.tracking import LINEAGE_TAG, STAGE_TAG, Tracker
 from tests._mlflow_server import MlflowServer, running_mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -290,7 +290,7 @@ def test_a_few_steps_reduce_the_loss(source: str) -> None:
 
 
 def test_model_config_check_fills_defaults_and_names_the_differing_field() -> None:
-    from sseg.training import check_model_config
+    from sseg.checkpoints import check_model_config
 
     current = tiny_model_config().model_dump(mode="json")
     older = {k: v for k, v in current.items() if k != "semantic_head_layers"}  # written before the field

@@ -57,7 +57,7 @@ def _png_gray16() -> bytes:
 
 
 def test_resolve_shards_dir_glob_braces_and_missing(tiny_world):
-    from pipelines.shards import expand_braces, resolve_shards
+    from pipelines.io.shards import expand_braces, resolve_shards
 
     shard_dir = tiny_world / "shards"
     all_shards = resolve_shards(str(shard_dir))
@@ -73,8 +73,8 @@ def test_resolve_shards_dir_glob_braces_and_missing(tiny_world):
 
 
 def test_corrupt_members_and_shards_are_skipped_and_counted(ray_session, corrupt_shards, tiny_world):
-    from pipelines import stats
-    from pipelines.shards import DecodeSamples, read_shards, resolve_shards
+    from pipelines.io import stats
+    from pipelines.io.shards import DecodeSamples, read_shards, resolve_shards
 
     counter = stats.make_counter("test-corrupt")
     ds = read_shards(resolve_shards(str(corrupt_shards))).map_batches(
@@ -99,8 +99,8 @@ def _png(height: int, width: int) -> bytes:
 
 def test_skip_reasons_without_ray(tmp_path):
     """Every reason, shard-level and sample-level, through iterate_shard and DecodeSamples directly."""
-    from pipelines.shards import DecodeSamples
-    from pipelines.webdataset_source import RAW_COLUMNS, iterate_shard
+    from pipelines.io.shards import DecodeSamples
+    from pipelines.io.webdataset_source import RAW_COLUMNS, iterate_shard
 
     (tmp_path / "zero.tar").write_bytes(b"")  # a 0-byte file: empty, not corrupt
     with tarfile.open(tmp_path / "no_files.tar", "w"):
@@ -130,7 +130,7 @@ def test_skip_reasons_without_ray(tmp_path):
 def test_pseudo_mask_runs_are_named_like_pretraining_runs():
     import re
 
-    from jobs.pseudo_masks import run_name
+    from pipelines.runs.pseudo_masks import run_name
     from schemas.configs import PseudoMaskJobConfig
 
     assert re.fullmatch(r"pseudo-masks-pixel-\d{8}-\d{6}", run_name(PseudoMaskJobConfig()))
@@ -193,7 +193,7 @@ def test_cache_job_writes_schema_skips_done_shards_and_counts(ray_session, tiny_
 def test_cache_reader_rejects_foreign_parquet(tmp_path):
     import pyarrow as pa
 
-    from pipelines.cache import PseudoMaskCache
+    from pipelines.io.cache import PseudoMaskCache
 
     cache = PseudoMaskCache(tmp_path, "abc", "pixel")
     (cache.root / "_done").mkdir(parents=True)
@@ -204,7 +204,7 @@ def test_cache_reader_rejects_foreign_parquet(tmp_path):
 
 
 def test_training_text_modes():
-    from pipelines.train_data import training_text
+    from pipelines.stages.train_data import training_text
 
     batch = {"caption": np.array(["Two balls lying on the sand", "a photo"], dtype=object),
              "words": np.array([["balls", "lying", "sand"], []], dtype=object)}

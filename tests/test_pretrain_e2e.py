@@ -40,19 +40,23 @@ def trained(ray_session, workdir):
     import io
     import contextlib
 
-    from jobs.pretrain import main
+    from pipelines.runs.pretrain import run_pretrain
+    from schemas.configs import PretrainConfig
+    from sseg.config import load_config
 
     old = os.getcwd()
     os.chdir(workdir)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     out = io.StringIO()
     try:
+        cfg = load_config(PretrainConfig, None, TINY + ["train.steps=6", "train.weight_words=1",
+                                                        "tracking.run_name=faulty"])
         with contextlib.redirect_stdout(out):
-            assert main(TINY + ["train.steps=6", "train.fault_injection_step=3", "train.weight_words=1",
-                                "tracking.run_name=faulty"]) == 0
+            result = run_pretrain(cfg, callbacks=["tests.fault_hooks:exit_once_at_step_3"])
     finally:
         os.chdir(old)
-    return json.loads(out.getvalue().strip().splitlines()[-1])
+    result["stdout"] = out.getvalue()
+    return result
 
 
 def test_worker_death_resumes_from_checkpoint_in_same_mlflow_run(trained, workdir):
@@ -63,10 +67,13 @@ def test_worker_death_resumes_from_checkpoint_in_same_mlflow_run(trained, workdi
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     run = client.get_run(trained["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train.loss")]
-    assert max(steps) == 6 and 2 in steps  # logged before the failure and after the resume
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train.loss"))
+    # logged at 2 before the failure, then 4 and 6 after resuming from the step-2 checkpoint; a restart
+    # from step 0 would log step 2 twice
+    assert steps == [2, 4, 6]
     assert run.data.tags["sseg.stage"] == "pretrain"
-    assert "pooled" in run.data.tags["sseg.deviation"]  # both deviations are named
+    assert "pooled" in run.data.tags["sseg.deviation"]  # every deviation is named
+    assert "mean of its words" in run.data.tags["sseg.deviation"]
     assert "word-to-mask" in run.data.tags["sseg.deviation"]
     assert client.get_metric_history(run.info.run_id, "train.loss_words")  # the word loss ran under Ray Train
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}

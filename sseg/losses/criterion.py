@@ -65,8 +65,6 @@ class SSegCriterion(nn.Module):
         self.word_alignment = WordAlignmentLoss()
         self.contrastive = contrastive if contrastive is not None else ContrastiveLoss()
         self.matcher = matcher if matcher is not None else HungarianMatcher(weight_focal, weight_dice)
-        # matching of the last decoder layer from the latest forward (for diagnostics)
-        self.last_indices: list[MatchIndices] = []
 
     def layer_mask_losses(self, pred_masks: torch.Tensor, targets: Sequence[torch.Tensor],
                           num_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[MatchIndices]]:
@@ -96,7 +94,7 @@ class SSegCriterion(nn.Module):
             raise DataError(f"all target masks of a batch must share one size, got {sorted(shapes)}")
         num_masks = _average_num_masks(targets, pred_masks.device, world_size)
 
-        focal, dice, self.last_indices = self.layer_mask_losses(pred_masks, targets, num_masks)
+        focal, dice, _ = self.layer_mask_losses(pred_masks, targets, num_masks)
         losses: dict[str, torch.Tensor] = {"loss_focal_final": focal.detach(), "loss_dice_final": dice.detach()}
         for aux in outputs.get("aux_outputs", []):
             aux_focal, aux_dice, _ = self.layer_mask_losses(aux["pred_masks"], targets, num_masks)

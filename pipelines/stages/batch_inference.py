@@ -43,7 +43,7 @@ class EvaluateBatch:
         from sseg.data.datasets import build_dataset
         from sseg.inference import SegmentConfig, Segmenter, build_text_classifier
         from sseg.models.text import tokenize
-        from sseg.training import model_from_checkpoint
+        from sseg.checkpoints import model_from_checkpoint
 
         torch.set_num_threads(threads)
         self.model, _ = model_from_checkpoint(checkpoint)
@@ -161,7 +161,7 @@ def caption_retrieval(checkpoint: str | Path, images: list[np.ndarray], captions
 
     from sseg.data.transforms import resize_image, to_normalized_tensor
     from sseg.models.text import tokenize
-    from sseg.training import model_from_checkpoint
+    from sseg.checkpoints import model_from_checkpoint
 
     model, _ = model_from_checkpoint(checkpoint)
     size = model.cfg.image_size

@@ -1,4 +1,5 @@
-"""The pretraining driver: world → pseudo-mask cache → Ray Train fit → evaluation → MLflow."""
+"""The pretraining run: world → pseudo-mask cache → the generic Ray Train loop with the S-Seg step →
+evaluation, all in one MLflow run."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import math
 import time
 from pathlib import Path
 
-from pipelines.runtime import init_ray
+from pipelines.io.runtime import init_ray
+from pipelines.tracking import tracked_run
+from pipelines.training.loop import LoopSettings, make_trainer
 from schemas.configs import PretrainConfig, PseudoMaskJobConfig
+from sseg.checkpoints import CHECKPOINT_FILE
 from sseg.config import config_hash, flatten
+from sseg.data.captions import caption_words_method
 from sseg.errors import SsegError
-from sseg.tracking import LINEAGE_TAG, STAGE_TAG, Tracker
 
 log = logging.getLogger(__name__)
 RUN_INFO = "sseg_run.json"
@@ -40,8 +44,8 @@ def _run_identity(cfg: PretrainConfig, resume: str | None) -> tuple[str, dict | 
 
 
 def _ensure_cache(cfg: PretrainConfig) -> list[str]:
-    from pipelines.build_cache import build_pseudo_mask_cache
-    from pipelines.cache import PseudoMaskCache
+    from pipelines.stages.pseudo_mask_cache import build_pseudo_mask_cache
+    from pipelines.io.cache import PseudoMaskCache
 
     job = PseudoMaskJobConfig(world=None, data=cfg.data, pseudo_masks=cfg.pseudo_masks, pool=cfg.pool,
                               cache_dir=cfg.cache_dir, labeled_split=None, ray=cfg.ray)
@@ -52,7 +56,9 @@ def _ensure_cache(cfg: PretrainConfig) -> list[str]:
                            cfg.pseudo_masks.generator).files()
 
 
-def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
+def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks: list[str] | None = None) -> dict:
+    """World → pseudo-mask cache → Ray Train fit → evaluation, in one MLflow run. ``callbacks``:
+    ``"module:function"`` hooks the training loop calls after every step (see pipelines/training/loop.py)."""
     if cfg.world is not None:
         from sseg.data.world import ensure_world
 
@@ -63,7 +69,7 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
     run_dir = Path(cfg.storage_path).resolve() / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    from pipelines import train_data
+    from pipelines.stages import train_data
 
     if cfg.pseudo_mask_source == "cache":
         files = _ensure_cache(cfg)
@@ -71,7 +77,7 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
         dataset = train_data.cache_dataset(files, cfg.data.image_size, cfg.data.crop_scale,
                                            cfg.data.text)
     else:
-        from pipelines.shards import resolve_shards
+        from pipelines.io.shards import resolve_shards
 
         shards = resolve_shards(cfg.data.shards)
         num_samples = cfg.world.num_train if cfg.world is not None else None
@@ -81,8 +87,50 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
                                             batch_size=cfg.pool.batch_size, text=cfg.data.text)
     total_steps, warmup_steps = _schedule(cfg, num_samples)
 
-    tags = {STAGE_TAG: "pretrain", "sseg.mask_feature_source": cfg.model.mask_feature_source,
-            "sseg.pseudo_mask_generator": cfg.pseudo_masks.generator}
+    tags = {"sseg.mask_feature_source": cfg.model.mask_feature_source,
+            "sseg.pseudo_mask_generator": cfg.pseudo_masks.generator,
+            "sseg.caption_words": caption_words_method()}
+    deviations = pretrain_deviations(cfg)
+    if deviations:
+        tags["sseg.deviation"] = "; ".join(deviations)
+    if cfg.pseudo_masks.generator == "pixel":
+        tags["sseg.note"] = "pseudo masks from the pixel K-Means baseline (no DINO checkpoint given)"
+    new_run = info is None
+    with tracked_run(cfg.tracking.experiment, stage="pretrain", run_name=run_name,
+                     run_id=None if new_run else info["mlflow_run_id"], parent_run_id=cfg.tracking.parent_run_id,
+                     tags=tags, params=flatten(cfg) if new_run else None,
+                     config=cfg.model_dump(mode="json") if new_run else None) as tracker:
+        if new_run:
+            (run_dir / RUN_INFO).write_text(json.dumps({
+                "run_name": run_name, "mlflow_run_id": tracker.run_id, "config_hash": config_hash(cfg.model),
+            }))
+            tracker.log_params({"derived.total_steps": total_steps, "derived.warmup_steps": warmup_steps,
+                                "derived.num_samples": num_samples})
+        print(f"[sseg] run {run_name}: {total_steps} steps of {cfg.train.global_batch_size} images "
+              f"on {cfg.train.num_workers} worker(s); MLflow run {tracker.run_id}", flush=True)
+        settings = LoopSettings(
+            step_builder="pipelines.training.pretrain_step:build_pretrain_step",
+            config=cfg.model_dump(mode="json"), total_steps=total_steps, warmup_steps=warmup_steps,
+            global_batch_size=cfg.train.global_batch_size, log_every=cfg.train.log_every,
+            checkpoint_every=cfg.train.checkpoint_every, shuffle_buffer=cfg.train.shuffle_buffer,
+            threads=int(cfg.train.threads_per_worker or max(1, int(cfg.train.cpus_per_worker))),
+            mlflow_run_id=tracker.run_id, tracking_uri=tracker.tracking_uri, run_dir=str(run_dir),
+            callbacks=list(callbacks or []))
+        summary = fit(settings, dataset, cfg, run_name, run_dir)
+        tracker.log_artifact(Path(summary["checkpoint"]) / CHECKPOINT_FILE, "checkpoints/final")
+        if cfg.eval.labeled_split:
+            from pipelines.runs.pretrain_eval import evaluate_pretraining
+
+            summary.update(evaluate_pretraining(cfg, Path(summary["checkpoint"]), tracker))
+        tracker.log_metrics({k: v for k, v in summary.items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                            step=summary["steps"])
+    summary["mlflow_run_id"] = tracker.run_id
+    return summary
+
+
+def pretrain_deviations(cfg: PretrainConfig) -> list[str]:
+    """The choices of this config that differ from the paper (the MLflow tag ``sseg.deviation``)."""
     deviations = []
     if cfg.model.mask_feature_source != "query":
         deviations.append("mask features pooled from a pixel-feature map under each predicted mask (the "
@@ -93,66 +141,30 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None) -> dict:
     if cfg.train.weight_words > 0:
         deviations.append(f"word-to-mask alignment loss added with weight {cfg.train.weight_words} "
                           "(not in the paper)")
-    if deviations:
-        tags["sseg.deviation"] = "; ".join(deviations)
-    if cfg.pseudo_masks.generator == "pixel":
-        tags["sseg.note"] = "pseudo masks from the pixel K-Means baseline (no DINO checkpoint given)"
-    if cfg.tracking.parent_run_id:
-        tags[LINEAGE_TAG] = cfg.tracking.parent_run_id
-    from sseg.data.captions import caption_words_method
+    return deviations
 
-    tags["sseg.caption_words"] = caption_words_method()
-    tracker = Tracker(cfg.tracking.experiment, run_id=info["mlflow_run_id"] if info else None,
-                      run_name=run_name, tags=tags)
-    if info is None:
-        (run_dir / RUN_INFO).write_text(json.dumps({
-            "run_name": run_name, "mlflow_run_id": tracker.run_id, "config_hash": config_hash(cfg.model),
-        }))
-        tracker.log_params(flatten(cfg))
-        tracker.log_params({"derived.total_steps": total_steps, "derived.warmup_steps": warmup_steps,
-                            "derived.num_samples": num_samples})
-        tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
-    print(f"[sseg] run {run_name}: {total_steps} steps of {cfg.train.global_batch_size} images "
-          f"on {cfg.train.num_workers} worker(s); MLflow run {tracker.run_id}", flush=True)
 
-    from pipelines.trainer import make_trainer
-
-    trainer = make_trainer(cfg, dataset, run_name=run_name, loop_config={
-        "config": cfg.model_dump(mode="json"), "total_steps": total_steps, "warmup_steps": warmup_steps,
-        "mlflow_run_id": tracker.run_id, "run_dir": str(run_dir),
-        "tracking_uri": tracker.tracking_uri})
+def fit(settings: LoopSettings, dataset, cfg: PretrainConfig, run_name: str, run_dir: Path) -> dict:
+    """Run the Ray Train fit; one-line errors for a failed run, a NaN stop or a missing checkpoint."""
+    trainer = make_trainer(settings, dataset, run_name=run_name, storage_path=cfg.storage_path,
+                           num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                           cpus_per_worker=cfg.train.cpus_per_worker, max_failures=cfg.train.max_failures,
+                           checkpoints_to_keep=cfg.train.checkpoints_to_keep)
     started = time.perf_counter()
     try:
         result = trainer.fit()
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; keep the first line
-        tracker.end("FAILED")
         raise SsegError(f"training failed: {_first_line(exc)} (checkpoints kept in {run_dir})") from None
-    train_seconds = time.perf_counter() - started
     metrics = result.metrics or {}
     if metrics.get("nan_stop"):
-        tracker.end("FAILED")
         raise SsegError(f"training stopped: non-finite loss at step {int(metrics.get('step', -1))}; "
                         f"last good checkpoint: {result.checkpoint.path if result.checkpoint else 'none'}")
     if result.checkpoint is None:
-        tracker.end("FAILED")
         raise SsegError("training finished without a checkpoint")
-    checkpoint_dir = Path(result.checkpoint.path)
-    summary = {"run_name": run_name, "steps": int(metrics.get("step", total_steps)),
-               "train_seconds": train_seconds, "checkpoint": str(checkpoint_dir),
-               "final_loss": metrics.get("loss"), "final_query_collapse": metrics.get("query_collapse"),
-               "train_images_per_s": metrics.get("images_per_s")}
-    tracker.log_artifact(checkpoint_dir / "sseg_checkpoint.pt", "checkpoints/final")
-    if cfg.eval.labeled_split:
-        from pipelines.pretrain_eval import evaluate_pretraining
-
-        eval_result = evaluate_pretraining(cfg, checkpoint_dir, tracker)
-        summary.update(eval_result)
-    tracker.log_metrics({k: v for k, v in summary.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                        step=summary["steps"])
-    tracker.end()
-    summary["mlflow_run_id"] = tracker.run_id
-    return summary
+    return {"run_name": run_name, "steps": int(metrics.get("step", settings.total_steps)),
+            "train_seconds": time.perf_counter() - started, "checkpoint": str(Path(result.checkpoint.path)),
+            "final_loss": metrics.get("loss"), "final_query_collapse": metrics.get("query_collapse"),
+            "train_images_per_s": metrics.get("images_per_s")}
 
 
 def _schedule(cfg: PretrainConfig, num_samples: int | None) -> tuple[int, int]:
@@ -174,7 +186,7 @@ def _schedule(cfg: PretrainConfig, num_samples: int | None) -> tuple[int, int]:
 
 
 def _check_resources(cfg: PretrainConfig) -> None:
-    from pipelines.runtime import require_gpus
+    from pipelines.io.runtime import require_gpus
 
     require_gpus(1 if cfg.train.use_gpu else 0, "train.use_gpu")
     if cfg.pseudo_mask_source == "stream":

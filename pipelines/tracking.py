@@ -1,4 +1,4 @@
-"""MLflow helpers shared by every job.
+"""MLflow helpers shared by every job, and the one run context every job opens (:func:`tracked_run`).
 
 The store is ``MLFLOW_TRACKING_URI`` when set, otherwise a local ``sqlite:///<cwd>/mlflow.db``
 with artifacts under ``<cwd>/mlruns``. The URI is resolved to an absolute one in the driver and
@@ -13,7 +13,8 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 LINEAGE_TAG = "sseg.parent_run_id"
@@ -168,3 +169,25 @@ def resolve_checkpoint(spec: str, tracking_uri: str | None = None,
     except Exception as exc:  # noqa: BLE001 - unknown run, missing artifact, unreachable server
         raise CheckpointError(f"MLflow run {run_id} has no checkpoint at '{artifact_path}': "
                               f"{str(exc).splitlines()[0][:200]}") from None
+
+
+@contextmanager
+def tracked_run(experiment: str, *, stage: str, run_name: str | None = None, run_id: str | None = None,
+                parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,
+                params: Mapping[str, Any] | None = None, config: Any = None) -> Iterator[Tracker]:
+    """The MLflow run of one job: opened (or reopened by ``run_id``) with the stage and lineage tags,
+    params and ``config.json`` logged, ended FINISHED — or FAILED when the body raises."""
+    all_tags = {STAGE_TAG: stage, **{k: str(v) for k, v in (tags or {}).items()}}
+    if parent_run_id:
+        all_tags[LINEAGE_TAG] = parent_run_id
+    tracker = Tracker(experiment, run_id=run_id, run_name=run_name, tags=all_tags)
+    try:
+        if params:
+            tracker.log_params(params)
+        if config is not None:
+            tracker.log_dict(config, "config.json")
+        yield tracker
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()

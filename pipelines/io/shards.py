@@ -11,8 +11,8 @@ from typing import Literal, Sequence
 import numpy as np
 import ray
 
-from pipelines import stats
-from pipelines.webdataset_source import TolerantWebDatasetDatasource
+from pipelines.io import stats
+from pipelines.io.webdataset_source import TolerantWebDatasetDatasource
 from sseg.data.captions import extract_words
 from sseg.data.decode import decode_image, skip_reason
 from sseg.data.transforms import center_square, random_resized_crop

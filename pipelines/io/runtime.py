@@ -8,11 +8,11 @@ from pathlib import Path
 
 import ray
 
-from sseg.tracking import ENV_URI, resolve_tracking_uri
+from pipelines.tracking import ENV_URI, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def worker_env(tracking_uri: str | None = None) -> dict[str, str]:

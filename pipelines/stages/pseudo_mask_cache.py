@@ -8,10 +8,10 @@ from collections import defaultdict
 
 import numpy as np
 
-from pipelines import stats
-from pipelines.cache import PseudoMaskCache, shard_id
-from pipelines.pseudo_masks import EncodeCacheRows, add_pseudo_masks
-from pipelines.shards import DecodeSamples, read_shards, resolve_shards
+from pipelines.io import stats
+from pipelines.io.cache import PseudoMaskCache, shard_id
+from pipelines.stages.pseudo_masks import EncodeCacheRows, add_pseudo_masks
+from pipelines.io.shards import DecodeSamples, read_shards, resolve_shards
 from schemas.configs import PseudoMaskJobConfig
 from sseg.config import config_hash
 

@@ -74,8 +74,8 @@ def count_cache_rows(files: list[str]) -> int:
 
 def stream_dataset(shards: list[str], size: int, crop_scale, pm_config, *, num_actors: int,
                    gpus_per_actor: float, batch_size: int, text: str = "words", counter=None) -> ray.data.Dataset:
-    from pipelines.pseudo_masks import add_pseudo_masks
-    from pipelines.shards import DecodeSamples, read_shards
+    from pipelines.stages.pseudo_masks import add_pseudo_masks
+    from pipelines.io.shards import DecodeSamples, read_shards
 
     ds = read_shards(shards, shuffle_files=True)
     ds = ds.map_batches(DecodeSamples(size, "train", crop_scale, counter), batch_size=batch_size, batch_format="numpy", compute=ray.data.TaskPoolStrategy())

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.evaluate import caption_retrieval, constant_class_miou, run_evaluation
-from sseg.tracking import Tracker
+from pipelines.stages.batch_inference import caption_retrieval, constant_class_miou, run_evaluation
+from pipelines.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def _untrained_checkpoint(cfg, directory: Path) -> Path:
     """The step-0 model: same seed and config as the run, never trained."""
     from sseg.models import SSegModel
-    from sseg.training import save_checkpoint
+    from sseg.checkpoints import save_checkpoint
 
     torch.manual_seed(cfg.train.seed)
     model = SSegModel(cfg.model)

@@ -1,0 +1,106 @@
+"""Checkpoints of every training stage: one file format, one loader for every kind.
+
+A checkpoint is ``{"kind", "model_name", "model_config", "model", "optimizer", "scheduler", "step",
+"epoch", "extra"}`` saved with ``torch.save`` and read with ``weights_only=True``. ``kind`` names the
+stage that wrote it (``sseg-pretrain``, ``sseg-plus``, …); ``model_name`` + ``model_config`` rebuild
+the model through :mod:`sseg.models.registry`. Checkpoints written before ``model_name`` existed are
+S-Seg pretraining checkpoints (model ``sseg``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from sseg.errors import CheckpointError
+
+CHECKPOINT_FILE = "sseg_checkpoint.pt"
+PRETRAIN_KIND = "sseg-pretrain"
+_LEGACY_MODEL = {PRETRAIN_KIND: "sseg"}
+
+
+def save_checkpoint(directory: str | Path, *, model: nn.Module, model_config: dict, kind: str = PRETRAIN_KIND,
+                    model_name: str = "sseg", optimizer=None, scheduler=None, step: int = 0, epoch: int = 0,
+                    extra: dict | None = None) -> Path:
+    """Write atomically (temp file + rename): a crash mid-save never leaves a half checkpoint."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    core = model.module if hasattr(model, "module") else model
+    state = {
+        "kind": kind, "model_name": model_name, "model_config": model_config,
+        "model": core.state_dict(), "step": step, "epoch": epoch, "extra": extra or {},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+    }
+    tmp = directory / (CHECKPOINT_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, directory / CHECKPOINT_FILE)
+    return directory / CHECKPOINT_FILE
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    kinds: Iterable[str] | None = None) -> dict:
+    """Read a checkpoint (the file or the directory holding it); ``kinds``: the kinds accepted."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad checkpoint
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(state, dict) or "kind" not in state or "model" not in state:
+        raise CheckpointError(f"{path} is not an sseg checkpoint")
+    state.setdefault("model_name", _LEGACY_MODEL.get(state["kind"], "sseg"))
+    kinds = list(kinds) if kinds is not None else None
+    if kinds is not None and state["kind"] not in kinds:
+        raise CheckpointError(f"{path} is a '{state['kind']}' checkpoint; this needs {' or '.join(kinds)}")
+    return state
+
+
+def _with_defaults(model_name: str, model_config: dict) -> dict:
+    """The config with every field filled in, so a checkpoint written before a field existed compares
+    equal to a config that leaves that field at its default."""
+    from sseg.models.registry import validate_model_config
+
+    try:
+        return validate_model_config(model_name, model_config).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError: compare the raw dicts, naming the first difference
+        return dict(model_config)
+
+
+def check_model_config(state: dict, model_config: dict, source: str, model_name: str = "sseg") -> None:
+    """Refuse to resume from a checkpoint of another model (first differing field named)."""
+    saved_name = state.get("model_name", "sseg")
+    if saved_name != model_name:
+        raise CheckpointError(f"checkpoint {source} holds a '{saved_name}' model, this config builds '{model_name}'")
+    saved = _with_defaults(model_name, state.get("model_config", {}))
+    model_config = _with_defaults(model_name, model_config)
+    for key in sorted(set(saved) | set(model_config)):
+        if saved.get(key) != model_config.get(key):
+            raise CheckpointError(
+                f"checkpoint {source} was trained with model.{key}={saved.get(key)!r}, "
+                f"this config has {model_config.get(key)!r}")
+
+
+def model_from_checkpoint(path: str | Path, map_location="cpu", kinds: Iterable[str] | None = None,
+                          segmenting: bool = False):
+    """(model in eval mode, state) from a checkpoint of any registered kind. ``segmenting``: refuse a
+    model that cannot segment with class names."""
+    from sseg.models.registry import create_model, model_entry
+
+    state = load_checkpoint(path, map_location, kinds)
+    if segmenting and not model_entry(state["model_name"]).segments:
+        raise CheckpointError(f"checkpoint {path} holds a '{state['model_name']}' model, which cannot segment")
+    model = create_model(state["model_name"], state["model_config"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit its own model config: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return model.eval(), state

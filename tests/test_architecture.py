@@ -1,0 +1,50 @@
+"""Import directions: jobs → pipelines → sseg, schemas shared; sseg imports neither Ray nor MLflow."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# what each layer may import from the project (besides itself)
+ALLOWED = {
+    "sseg": {"sseg"},
+    "schemas": {"schemas", "sseg"},
+    "pipelines": {"pipelines", "sseg", "schemas"},
+    "jobs": {"jobs", "pipelines", "sseg", "schemas", "_bootstrap"},
+}
+PROJECT = {"sseg", "schemas", "pipelines", "jobs", "_bootstrap", "tests", "benchmarks", "research"}
+FORBIDDEN_IN_SSEG = {"ray", "mlflow", "argparse"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_layers_import_only_downwards() -> None:
+    wrong = []
+    for layer, allowed in ALLOWED.items():
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            for name in _imports(path) & PROJECT:
+                if name not in allowed:
+                    wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, wrong
+
+
+def test_sseg_imports_neither_ray_nor_mlflow_nor_argparse() -> None:
+    wrong = [f"{p.relative_to(ROOT)} imports {n}" for p in sorted((ROOT / "sseg").rglob("*.py"))
+             for n in _imports(p) & FORBIDDEN_IN_SSEG]
+    assert not wrong, wrong
+
+
+def test_jobs_are_thin_wiring() -> None:
+    long = [f"{p.name}: {n} lines" for p in sorted((ROOT / "jobs").glob("*.py"))
+            if (n := len(p.read_text().splitlines())) > 50]
+    assert not long, long
