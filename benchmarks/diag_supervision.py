@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--eval-images", type=int, default=300)
     parser.add_argument("--voc", default=str(ROOT / "data/world/voc"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="v2", help="world preset (v1, v2, debug)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--text-lm-steps", type=int, default=0,
                         help="first train the text tower as a causal language model on the captions' words")
@@ -94,7 +95,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    world = WorldConfig()
+    world = WorldConfig(preset=args.preset)
     samples = [render_sample(world.seed, i, world) for i in range(args.images)]
     images = np.stack([s.image for s in samples])
     pixel_labels = np.stack([s.label for s in samples]).astype(np.int64)
@@ -160,7 +161,7 @@ def main() -> None:
     result = confusion.compute()
     per_class = dict(zip(names, (round(float(v), 3) for v in result["per_class_iou"])))
     things = [per_class[n] for n in names[:10]]
-    print(json.dumps({"supervision": args.supervision, "head": args.head, "steps": args.steps,
+    print(json.dumps({"preset": args.preset, "supervision": args.supervision, "head": args.head, "steps": args.steps,
                       "text_lm_steps": args.text_lm_steps,
                       "vocabulary": len(train_names), "miou": round(float(result["miou"]), 4),
                       "thing_iou_min": min(things), "thing_iou_max": max(things),
