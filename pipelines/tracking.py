@@ -153,7 +153,7 @@ def resolve_checkpoint(spec: str, tracking_uri: str | None = None,
     """A checkpoint given as a path (file or directory) or as an MLflow run id (``runs:/<id>`` too)."""
     import re
 
-    from sseg.errors import CheckpointError
+    from sseg.errors import CheckpointError, first_line
 
     if Path(spec).exists():
         return str(spec)
@@ -168,7 +168,7 @@ def resolve_checkpoint(spec: str, tracking_uri: str | None = None,
         return client.download_artifacts(run_id, artifact_path, target)
     except Exception as exc:  # noqa: BLE001 - unknown run, missing artifact, unreachable server
         raise CheckpointError(f"MLflow run {run_id} has no checkpoint at '{artifact_path}': "
-                              f"{str(exc).splitlines()[0][:200]}") from None
+                              f"{first_line(exc)[:200]}") from None
 
 
 @contextmanager

@@ -28,17 +28,6 @@ PSEUDO_MASK_SCHEMA = pa.schema(
     metadata={b"sseg.schema": b"pseudo_masks", b"sseg.schema_version": SCHEMA_VERSION.encode()},
 )
 
-# Per-image evaluation results (jobs/evaluate.py).
-EVAL_RESULT_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("pixels", pa.int64(), nullable=False),
-        pa.field("correct", pa.int64(), nullable=False),
-    ],
-    metadata={b"sseg.schema": b"eval_results", b"sseg.schema_version": SCHEMA_VERSION.encode()},
-)
-
 
 def check_schema(actual: pa.Schema, expected: pa.Schema, source: str) -> None:
     """Raise a one-line DataError if ``actual`` lacks a field of ``expected`` or has another type."""

@@ -28,10 +28,9 @@ class DataConfig(StrictModel):
     image_size: int = Field(default=224, gt=7)  # training crop / pseudo-mask resolution
     crop_scale: tuple[float, float] = (0.5, 1.0)
     read_concurrency: int | None = Field(default=None, gt=0)
-    # The text the model trains on: the caption's nouns and verbs (the paper, following GroupViT), one of
-    # those words drawn per sample (GroupViT's multi-label idea: the text matches the one-word class
-    # queries of inference), or the full caption.
-    text: Literal["words", "word", "caption"] = "words"
+    # The text the model trains on: the caption's nouns and verbs (the paper, following GroupViT) or the
+    # full caption. (One word drawn per sample was measured as not learning: research/, docs/experiments.md.)
+    text: Literal["words", "caption"] = "words"
     decode_batch_size: int = Field(default=64, gt=0)
 
     @field_validator("crop_scale")
@@ -133,10 +132,10 @@ class PretrainConfig(StrictModel):
     @model_validator(mode="after")
     def _words_need_word_text(self) -> "PretrainConfig":
         if self.train.weight_words > 0 and self.data.text == "caption":
-            raise ValueError("train.weight_words > 0 needs data.text=words or word (the alignment "
+            raise ValueError("train.weight_words > 0 needs data.text=words (the alignment "
                              "labels are the training text's words; a full caption's are mostly stop words)")
         if self.train.caption_feature == "word_mean" and self.data.text == "caption":
-            raise ValueError("train.caption_feature=word_mean needs data.text=words or word (it averages "
+            raise ValueError("train.caption_feature=word_mean needs data.text=words (it averages "
                              "the training text's words; a full caption's are mostly stop words)")
         return self
 
@@ -148,12 +147,6 @@ def _tiny_model() -> ModelConfig:
     # under each predicted mask. The paper's decoder-query features collapse into one image-level
     # feature at this scale (measured: README, "Does it learn?").
     return tiny_model_config(mask_feature_source="pooled")
-
-
-def _segment_config():
-    from sseg.inference import SegmentConfig
-
-    return SegmentConfig
 
 
 class EvaluateConfig(StrictModel):

@@ -16,7 +16,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from sseg.errors import CheckpointError
+from sseg.errors import CheckpointError, first_line
 
 CHECKPOINT_FILE = "sseg_checkpoint.pt"
 PRETRAIN_KIND = "sseg-pretrain"
@@ -53,7 +53,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling problem is a bad checkpoint
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {first_line(exc)}") from None
     if not isinstance(state, dict) or "kind" not in state or "model" not in state:
         raise CheckpointError(f"{path} is not an sseg checkpoint")
     state.setdefault("model_name", _LEGACY_MODEL.get(state["kind"], "sseg"))
@@ -61,6 +61,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if kinds is not None and state["kind"] not in kinds:
         raise CheckpointError(f"{path} is a '{state['kind']}' checkpoint; this needs {' or '.join(kinds)}")
     return state
+
+
+# Research-only model fields that older checkpoints carry; at these values the model is today's.
+_RETIRED_MODEL_FIELDS = {"sseg": {"mask_pooling": "assignment", "semantic_head_layers": 0}}
+
+
+def upgrade_model_config(model_name: str, model_config: dict, source: str = "checkpoint") -> dict:
+    """Drop retired fields that hold today's behaviour; refuse a config that used a retired variant."""
+    config = dict(model_config)
+    for key, value in _RETIRED_MODEL_FIELDS.get(model_name, {}).items():
+        if key in config:
+            if config[key] != value:
+                raise CheckpointError(f"{source} was trained with the research variant model.{key}="
+                                      f"{config[key]!r}, which the product model no longer builds")
+            del config[key]
+    return config
 
 
 def _with_defaults(model_name: str, model_config: dict) -> dict:
@@ -79,7 +95,7 @@ def check_model_config(state: dict, model_config: dict, source: str, model_name:
     saved_name = state.get("model_name", "sseg")
     if saved_name != model_name:
         raise CheckpointError(f"checkpoint {source} holds a '{saved_name}' model, this config builds '{model_name}'")
-    saved = _with_defaults(model_name, state.get("model_config", {}))
+    saved = _with_defaults(model_name, upgrade_model_config(model_name, state.get("model_config", {}), source))
     model_config = _with_defaults(model_name, model_config)
     for key in sorted(set(saved) | set(model_config)):
         if saved.get(key) != model_config.get(key):
@@ -97,10 +113,11 @@ def model_from_checkpoint(path: str | Path, map_location="cpu", kinds: Iterable[
     state = load_checkpoint(path, map_location, kinds)
     if segmenting and not model_entry(state["model_name"]).segments:
         raise CheckpointError(f"checkpoint {path} holds a '{state['model_name']}' model, which cannot segment")
+    state["model_config"] = upgrade_model_config(state["model_name"], state["model_config"], str(path))
     model = create_model(state["model_name"], state["model_config"])
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path} does not fit its own model config: "
-                              f"{str(exc).splitlines()[0]}") from None
+                              f"{first_line(exc)}") from None
     return model.eval(), state

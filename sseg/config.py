@@ -16,7 +16,7 @@ from typing import Any, Sequence, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sseg.errors import ConfigError
+from sseg.errors import ConfigError, first_line
 
 T = TypeVar("T", bound="StrictModel")
 
@@ -103,7 +103,7 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

@@ -15,3 +15,8 @@ class CheckpointError(SsegError):
 
 class DataError(SsegError):
     pass
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line, or its type name when the message is empty."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

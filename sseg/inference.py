@@ -15,7 +15,9 @@ Model interface (``sseg.models``)::
     model.encode_image(images float[B,3,H,W] normalised)
         -> {"pred_masks": [B,N,H/4,W/4] logits, "mask_features": [B,N,D], ...}
     model.encode_text(tokens long[B,L]) -> [B,D]
-    model.logit_scale  (log of the temperature scale), model.config (or .cfg).context_length
+    model.logit_scale  (log of the temperature scale), capped at model.config (or .cfg).max_logit_scale
+        where the config has one; a model with current_logit_scale() (SSegModel) gives the capped scale
+    model.config (or .cfg).context_length
 
 Background (``bg_mode``):
 
@@ -38,7 +40,6 @@ Background (``bg_mode``):
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Literal, Sequence
 
@@ -49,12 +50,9 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from sseg.config import StrictModel
+from sseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sseg.errors import ConfigError, DataError, SsegError
 from sseg.prompts import ClassDefinition, parse_class_definitions, resolve_templates
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature scale to <= 100
 
 Tokenizer = Callable[[Sequence[str], int], Tensor]
 BgMode = Literal["threshold", "class", "none"]
@@ -128,13 +126,33 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _model_setting(model: nn.Module, field: str) -> Any:
+    """``model.config.<field>`` (or ``model.cfg.<field>``); None where neither has it."""
+    for name in ("config", "cfg"):
+        value = getattr(getattr(model, name, None), field, None)
+        if value is not None:
+            return value
+    return None
+
+
 def model_context_length(model: nn.Module) -> int:
     """The text context length from ``model.config`` (or ``model.cfg``)."""
-    for name in ("config", "cfg"):
-        value = getattr(getattr(model, name, None), "context_length", None)
-        if value is not None:
-            return int(value)
-    raise SsegError("the model has no config.context_length (needed to tokenize prompts)")
+    value = _model_setting(model, "context_length")
+    if value is None:
+        raise SsegError("the model has no config.context_length (needed to tokenize prompts)")
+    return int(value)
+
+
+def model_temperature(model: nn.Module) -> Tensor:
+    """The model's temperature scale exp(logit_scale), capped where the model caps it: its own
+    ``current_logit_scale()`` (SSegModel: at ``config.max_logit_scale``), else ``model.logit_scale``
+    clamped at ``config.max_logit_scale`` when the config has one."""
+    current = getattr(model, "current_logit_scale", None)
+    if callable(current):
+        return torch.as_tensor(current(), dtype=torch.float32).detach()
+    log_scale = torch.as_tensor(model.logit_scale, dtype=torch.float32).detach()
+    cap = _model_setting(model, "max_logit_scale")
+    return (log_scale if cap is None else log_scale.clamp(max=float(cap))).exp()
 
 
 def default_tokenizer() -> Tokenizer:
@@ -185,17 +203,12 @@ def build_text_classifier(model: nn.Module, classes: Any, templates: str | Seque
 # ----------------------------------------------------------------------------- mask side
 
 
-def temperature_scale(logit_scale: Tensor | float) -> Tensor:
-    """exp(log scale), clamped to <= 100 like CLIP."""
-    log_scale = torch.as_tensor(logit_scale, dtype=torch.float32).detach()
-    return log_scale.clamp(max=MAX_LOGIT_SCALE).exp()
-
-
 def classify_masks(mask_features: Tensor, classifier: TextClassifier,
-                   logit_scale: Tensor | float) -> Tensor:
+                   temperature: Tensor | float) -> Tensor:
     """Class probabilities ``[B, N, C]`` of each mask feature ``[B, N, D]``.
 
-    Cosine similarity to every concept × the learned temperature, softmax over *concepts*, then
+    Cosine similarity to every concept × the learned temperature (the scale itself, e.g.
+    :func:`model_temperature`, not its log), softmax over *concepts*, then
     each class takes the maximum over its concepts (SemiVL eq. 5). The class scores are not
     renormalised: a class with many concepts is not favoured by it, and per-pixel scores are
     normalised later where a probability is needed (the background threshold).
@@ -207,7 +220,7 @@ def classify_masks(mask_features: Tensor, classifier: TextClassifier,
         raise DataError(f"mask feature dim {mask_features.shape[-1]} != text embedding dim "
                         f"{embeddings.shape[-1]}")
     features = F.normalize(mask_features.float(), dim=-1)
-    scale = temperature_scale(logit_scale).to(features.device)
+    scale = torch.as_tensor(temperature, dtype=torch.float32).detach().to(features.device)
     concept_probs = (scale * features @ embeddings.T).softmax(dim=-1)  # [B, N, K]
     b, n, _ = concept_probs.shape
     index = classifier.concept_to_class.to(features.device).expand(b, n, -1)
@@ -367,7 +380,7 @@ class Segmenter:
         out = self.model.encode_image(padded)
         if not isinstance(out, dict) or "pred_masks" not in out or "mask_features" not in out:
             raise SsegError("model.encode_image must return a dict with 'pred_masks' and 'mask_features'")
-        class_probs = classify_masks(out["mask_features"], self.classifier, self.model.logit_scale)
+        class_probs = classify_masks(out["mask_features"], self.classifier, model_temperature(self.model))
         scores = []
         for i in range(padded.shape[0]):  # one window at a time: N full-size masks are large
             masks = F.interpolate(out["pred_masks"][i:i + 1].float(), size=padded.shape[-2:],

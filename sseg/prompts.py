@@ -22,9 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from sseg.data.readers.class_names import (ADE20K_CLASSES, CITYSCAPES_CLASSES,
-                                           COCO_OBJECT_CLASSES, CONTEXT_CLASSES, VOC_CLASSES)
-from sseg.errors import ConfigError
+from sseg.data.readers.class_names import CLASS_NAMES
+from sseg.errors import ConfigError, first_line
 
 SINGLE_TEMPLATE: tuple[str, ...] = ("a photo of a {}.",)
 
@@ -135,8 +134,7 @@ def _load_file(path: Path) -> Any:
     try:
         return json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"class definition file {path} cannot be parsed: {first}") from None
+        raise ConfigError(f"class definition file {path} cannot be parsed: {first_line(exc)}") from None
 
 
 def parse_class_definitions(spec: Any) -> list[ClassDefinition]:
@@ -229,10 +227,6 @@ CITYSCAPES_CONCEPTS: dict[str, tuple[str, ...]] = {
     "bicycle": ("bicycle",),
 }
 
-_DATASET_CLASSES: dict[str, tuple[str, ...]] = {
-    "voc": VOC_CLASSES, "context": CONTEXT_CLASSES, "coco_object": COCO_OBJECT_CLASSES,
-    "ade20k": ADE20K_CLASSES, "cityscapes": CITYSCAPES_CLASSES,
-}
 _DATASET_CONCEPTS: dict[str, dict[str, tuple[str, ...]]] = {
     "voc": VOC_CONCEPTS, "cityscapes": CITYSCAPES_CONCEPTS,
 }
@@ -241,12 +235,12 @@ _DATASET_CONCEPTS: dict[str, dict[str, tuple[str, ...]]] = {
 def dataset_class_definitions(dataset: str, use_concepts: bool = False,
                               include_background: bool = True) -> list[ClassDefinition]:
     """The dataset's classes in label order, with SemiVL's concepts where known (VOC, Cityscapes)."""
-    if dataset not in _DATASET_CLASSES:
+    if dataset not in CLASS_NAMES:
         raise ConfigError(f"no built-in class list for dataset '{dataset}' "
-                          f"(known: {', '.join(_DATASET_CLASSES)})")
+                          f"(known: {', '.join(CLASS_NAMES)})")
     concepts = _DATASET_CONCEPTS.get(dataset, {}) if use_concepts else {}
     return [ClassDefinition(name, concepts.get(name, (name,)))
-            for name in _DATASET_CLASSES[dataset]
+            for name in CLASS_NAMES[dataset]
             if include_background or name != "background"]
 
 

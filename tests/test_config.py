@@ -78,3 +78,11 @@ def test_job_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert proc.stderr.strip().splitlines() == ["error: config field 'train.lr': Input should be a valid "
                                                 "number, unable to parse string as a number (got 'fast')"]
     assert list(tmp_path.iterdir()) == []  # no world, no mlflow.db, no runs
+
+
+def test_first_line_of_an_error():
+    from sseg.errors import first_line
+
+    assert first_line(ValueError("bad value\nmore detail")) == "bad value"
+    assert first_line(ValueError("  \n  indented\n")) == "indented"
+    assert first_line(KeyError()) == "KeyError" and first_line(OSError("")) == "OSError"

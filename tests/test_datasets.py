@@ -269,3 +269,21 @@ def test_class_name_tables():
     assert set(CLASS_NAMES) | {"world"} == set(DATASET_NAMES)
     for names in CLASS_NAMES.values():
         assert len(set(names)) == len(names)
+
+
+def test_center_square_labels_crop_like_the_image():
+    from sseg.data.transforms import center_square, center_square_labels
+
+    labels = (np.arange(30 * 50).reshape(30, 50) % 7).astype(np.uint8)
+    out = center_square_labels(labels, 12)
+    # short side 30 -> 12: 12x20, then the centre 12x12 columns 4..15
+    resized = np.asarray(Image.fromarray(labels).resize((20, 12), Image.NEAREST))
+    np.testing.assert_array_equal(out, resized[:, 4:16])
+    assert out.flags.c_contiguous and center_square(np.zeros((30, 50, 3), np.uint8), 12).shape == (12, 12, 3)
+
+
+def test_dataset_class_lists_are_the_prompt_class_lists():
+    from sseg.prompts import dataset_class_definitions
+
+    for name, classes in CLASS_NAMES.items():
+        assert tuple(d.name for d in dataset_class_definitions(name)) == classes

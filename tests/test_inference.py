@@ -11,8 +11,8 @@ from torch import nn
 import sseg  # noqa: F401
 from sseg.errors import ConfigError, DataError
 from sseg.inference import (SegmentConfig, Segmenter, TextClassifier, build_text_classifier,
-                            classify_masks, normalise_scores, resized_shape, semantic_inference,
-                            sliding_windows, threshold_background)
+                            classify_masks, model_temperature, normalise_scores, resized_shape,
+                            semantic_inference, sliding_windows, threshold_background)
 from sseg.prompts import (CLIP_TEMPLATES, ClassDefinition, dataset_class_definitions, foreground,
                           parse_class_definitions, resolve_templates)
 from sseg.viz import figure_to_array, grid, legend, overlay, per_class_iou_bar_chart, voc_palette
@@ -152,16 +152,38 @@ def test_classify_masks_takes_max_over_concepts():
                          embeddings=F.normalize(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]), dim=-1),
                          concept_to_class=torch.tensor([0, 0, 1]), templates=("{}",))
     features = torch.tensor([[[2.0, 1.0, 0.0], [0.0, 0.0, 4.0], [1.0, 1.0, 1.0]]])
-    log_scale = math.log(3.0)
-    probs = classify_masks(features, clf, torch.tensor(log_scale))
+    probs = classify_masks(features, clf, torch.tensor(3.0))
     assert probs.shape == (1, 3, 2)
     for q in range(3):  # brute force
         cos = F.normalize(features[0, q], dim=0) @ clf.embeddings.T
         concept = torch.softmax(3.0 * cos, dim=0)
         torch.testing.assert_close(probs[0, q], torch.stack([concept[:2].max(), concept[2]]))
-    # the learned scale is clamped at 100, as in CLIP
-    torch.testing.assert_close(classify_masks(features, clf, math.log(1e4)),
-                               classify_masks(features, clf, math.log(100.0)))
+
+
+
+def test_temperature_is_capped_by_the_model_itself():
+    model = FakeSegModel()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1e4))
+    assert model_temperature(model).item() == pytest.approx(1e4, rel=1e-5)  # no cap in its config
+    model.config = SimpleNamespace(context_length=4, max_logit_scale=math.log(50.0))
+    assert model_temperature(model).item() == pytest.approx(50.0, rel=1e-5)
+    model.config = SimpleNamespace(context_length=4, max_logit_scale=math.log(1e3))
+    assert model_temperature(model).item() == pytest.approx(1e3, rel=1e-5)
+    model.current_logit_scale = lambda: torch.tensor(7.0)  # a model that caps its own scale (SSegModel)
+    assert model_temperature(model).item() == 7.0
+
+
+def test_model_temperature_of_an_sseg_model_follows_its_max_logit_scale():
+    from sseg.models import SSegModel, tiny_model_config
+
+    model = SSegModel(tiny_model_config(max_logit_scale=math.log(200.0))).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(150.0))
+    assert model_temperature(model).item() == pytest.approx(150.0, rel=1e-5)  # not CLIP's 100
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(1e4))
+    assert model_temperature(model).item() == pytest.approx(200.0, rel=1e-5)
 
 
 def test_semantic_inference_by_hand():
@@ -375,6 +397,7 @@ def test_voc_palette_known_colours():
     palette = voc_palette()
     assert palette.shape == (256, 3) and palette.dtype == np.uint8
     assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
+    assert palette[2].tolist() == [0, 128, 0]
     assert palette[15].tolist() == [192, 128, 128] and palette[255].tolist() == [224, 224, 192]
 
 

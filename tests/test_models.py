@@ -293,13 +293,25 @@ def test_model_config_check_fills_defaults_and_names_the_differing_field() -> No
     from sseg.checkpoints import check_model_config
 
     current = tiny_model_config().model_dump(mode="json")
-    older = {k: v for k, v in current.items() if k != "semantic_head_layers"}  # written before the field
-    check_model_config({"model_config": older}, current, "old")  # default value: the same model
+    older = {k: v for k, v in current.items() if k != "mask_feature_source"}  # written before the field
+    check_model_config({"model_config": older}, dict(current, mask_feature_source="query"), "old")
     changed = dict(current, num_queries=5)
     with pytest.raises(CheckpointError, match=r"model.num_queries=5, this config has 16"):
         check_model_config({"model_config": changed}, current, "other")
-    with pytest.raises(CheckpointError, match="model.semantic_head_layers"):
-        check_model_config({"model_config": older}, dict(current, semantic_head_layers=2), "old")
+    with pytest.raises(CheckpointError, match="model.mask_feature_source"):
+        check_model_config({"model_config": older}, dict(current, mask_feature_source="pooled"), "old")
+
+
+def test_retired_research_fields_in_old_checkpoints() -> None:
+    """Checkpoints written with the retired research fields load when those held today's behaviour."""
+    from sseg.checkpoints import check_model_config, upgrade_model_config
+
+    current = tiny_model_config().model_dump(mode="json")
+    legacy = dict(current, mask_pooling="assignment", semantic_head_layers=0)
+    assert upgrade_model_config("sseg", legacy) == current
+    check_model_config({"model_config": legacy}, current, "old")
+    with pytest.raises(CheckpointError, match="research variant model.mask_pooling='sigmoid'"):
+        upgrade_model_config("sseg", dict(current, mask_pooling="sigmoid"))
 
 
 def test_words_mean_feature_hand_case() -> None:

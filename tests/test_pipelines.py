@@ -167,6 +167,7 @@ def test_cache_job_writes_schema_skips_done_shards_and_counts(ray_session, tiny_
     mask = np.asarray(Image.open(io.BytesIO(row["mask_png"])))
     assert mask.shape == (64, 64) and mask.max() < row["num_segments"] == 8
     assert row["generator"] == "pixel" and row["words"] and row["caption"]
+    assert row["config_hash"] == first["cache_key"] and cache.name == f"pixel-{first['cache_key']}"
     assert table.column("key").to_pylist() == sorted(table.column("key").to_pylist())
     before = _digest(files)
 
@@ -203,6 +204,94 @@ def test_cache_reader_rejects_foreign_parquet(tmp_path):
         cache.files()
 
 
+def test_cache_rows_keep_their_jpeg_bytes_and_name_their_cache_key():
+    from pipelines.stages.pseudo_masks import EncodeCacheRows
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (2, 24, 24, 3), dtype=np.uint8)
+    batch = {"key": np.array(["a", "b"], dtype=object), "shard": np.array(["s", "s"], dtype=object),
+             "caption": np.array(["x", "y"], dtype=object), "words": np.array(["x", "y"], dtype=object),
+             "image": images, "segments": np.zeros((2, 24, 24), np.uint8)}
+    rows = EncodeCacheRows("pixel", {"num_segments": 8}, "k123")(batch)
+    for image, encoded in zip(images, rows["image"]):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="JPEG", quality=95)  # what the cache has always held
+        assert encoded == buf.getvalue()
+    assert rows["config_hash"].tolist() == ["k123", "k123"]
+
+
+def _dino(path, **kw):
+    from sseg.pseudo_masks import PseudoMaskConfig
+
+    return PseudoMaskConfig(generator="dino", dino_checkpoint=str(path), **kw)
+
+
+def test_cache_key_follows_the_dino_weights_not_their_path(tmp_path, monkeypatch):
+    import os
+
+    from pipelines.io.cache import PseudoMaskCache, pseudo_mask_cache_key
+    from sseg.pseudo_masks import dino
+
+    hashed = []
+    real_sha256 = dino.hashlib.sha256
+    monkeypatch.setattr(dino, "hashlib", SimpleNamespace(sha256=lambda: hashed.append(1) or real_sha256()))
+    weights = tmp_path / "a" / "dino.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights-one" * 1000)
+    first = pseudo_mask_cache_key(_dino(weights))
+    assert pseudo_mask_cache_key(_dino(weights).model_dump(mode="json")) == first
+    assert len(hashed) == 1  # hashed once per process while the file is unchanged
+    # the device does not count
+    assert pseudo_mask_cache_key(_dino(weights, device="cpu")) == first
+    assert pseudo_mask_cache_key(_dino(weights), image_size=64) != pseudo_mask_cache_key(_dino(weights), 96)
+
+    stat = weights.stat()
+    weights.write_bytes(b"weights-two" * 1000)  # other weights, same path and size
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    second = pseudo_mask_cache_key(_dino(weights))
+    assert second != first
+
+    moved = tmp_path / "b" / "renamed.pth"
+    moved.parent.mkdir()
+    os.replace(weights, moved)  # the same weights at another path
+    assert pseudo_mask_cache_key(_dino(moved)) == second
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(moved.read_bytes())
+    assert pseudo_mask_cache_key(_dino(copy)) == second
+    assert PseudoMaskCache.for_config(tmp_path, _dino(copy)).root == tmp_path.resolve() / f"dino-{second}"
+    assert pseudo_mask_cache_key(_dino(copy, dino_feature="keys")) != second
+
+
+def test_cache_key_follows_the_caption_word_extractor(monkeypatch):
+    from pipelines.io.cache import pseudo_mask_cache_key
+    from sseg.data import captions
+    from sseg.pseudo_masks import PseudoMaskConfig
+
+    monkeypatch.setattr(captions, "caption_words_method", lambda: "nltk-pos")
+    tagged = pseudo_mask_cache_key(PseudoMaskConfig())
+    monkeypatch.setattr(captions, "caption_words_method", lambda: "stopword-filter")
+    assert pseudo_mask_cache_key(PseudoMaskConfig()) != tagged
+
+
+def test_pixel_cache_key_ignores_dino_fields_and_missing_checkpoints_fail_in_one_line(tmp_path):
+    from pipelines.io.cache import pseudo_mask_cache_key
+    from sseg.errors import CheckpointError, ConfigError
+    from sseg.pseudo_masks import PseudoMaskConfig
+
+    pixel = pseudo_mask_cache_key(PseudoMaskConfig())
+    assert pseudo_mask_cache_key(PseudoMaskConfig(
+        dino_checkpoint=str(tmp_path / "nowhere.pth"), dino_feature="keys", dino_allow_random_init=True,
+        bf16=False, device="cpu")) == pixel
+    assert pseudo_mask_cache_key(PseudoMaskConfig(pixel_stride=4)) != pixel
+    assert pseudo_mask_cache_key(PseudoMaskConfig(num_segments=6)) != pixel
+    with pytest.raises(CheckpointError, match=r"^DINO checkpoint not found: .*nowhere.pth$"):
+        pseudo_mask_cache_key(_dino(tmp_path / "nowhere.pth"))
+    with pytest.raises(ConfigError, match="dino_checkpoint is required"):
+        pseudo_mask_cache_key(PseudoMaskConfig(generator="dino"))
+    random_init = PseudoMaskConfig(generator="dino", dino_allow_random_init=True)
+    assert pseudo_mask_cache_key(random_init) != pseudo_mask_cache_key(random_init.model_copy(update={"seed": 1}))
+
+
 def test_training_text_modes():
     from pipelines.stages.train_data import training_text
 
@@ -210,8 +299,6 @@ def test_training_text_modes():
              "words": np.array([["balls", "lying", "sand"], []], dtype=object)}
     assert training_text(batch, "caption").tolist() == ["Two balls lying on the sand", "a photo"]
     assert training_text(batch, "words").tolist() == ["balls lying sand", "a photo"]  # caption fallback
-    picked = training_text(batch, "word", np.random.default_rng(0)).tolist()
-    assert picked[0] in {"balls", "lying", "sand"} and picked[1] == "a photo"
 
 
 def test_caption_words_keep_nouns_and_verbs():

@@ -173,6 +173,13 @@ def test_dino_masks_shape_range_and_determinism(dino_generator: DinoKMeansGenera
     assert odd.shape == (2, 60, 52)
 
 
+def test_output_settings_from_the_config_match_the_built_generator(dino_generator: DinoKMeansGenerator) -> None:
+    assert dino_generator.hashed_settings() == DinoKMeansGenerator.output_settings(dino_generator.config)
+    assert len(dino_generator.weights_id) == 64  # the checkpoint file's SHA-256
+    pixel = build_generator(PseudoMaskConfig(pixel_stride=3))
+    assert pixel.hashed_settings() == PixelKMeansGenerator.output_settings(pixel.config)
+
+
 def test_dino_token_and_key_features_match_the_vit(dino_checkpoint: Path,
                                                    dino_generator: DinoKMeansGenerator) -> None:
     images = torch.randint(0, 256, (2, 32, 40, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))

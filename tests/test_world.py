@@ -30,7 +30,7 @@ from sseg.data.world import (
 )
 from sseg.data import world_render
 from sseg.data.world_render import APPEARANCES, preset_appearances, render_scene
-from sseg.data.world_voc import mark_boundaries, voc_colormap
+from sseg.data.world_voc import mark_boundaries
 from sseg.data.world_vocab import COLOURS, PRESETS, THING_COLOURS, plural
 from sseg.errors import ConfigError, DataError
 
@@ -351,15 +351,6 @@ def test_shard_writer_rejects_bad_keys(tmp_path):
 
 
 # ----------------------------------------------------------------------------- VOC split
-
-
-def test_voc_colormap_known_values():
-    colormap = voc_colormap()
-    assert colormap[0].tolist() == [0, 0, 0]
-    assert colormap[1].tolist() == [128, 0, 0]  # aeroplane
-    assert colormap[2].tolist() == [0, 128, 0]
-    assert colormap[15].tolist() == [192, 128, 128]  # person
-    assert colormap[255].tolist() == [224, 224, 192]  # void
 
 
 def test_mark_boundaries_hand_computed():

@@ -43,9 +43,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         except ConnectionError as exc:
-            from sseg.errors import SsegError
+            from sseg.errors import SsegError, first_line
 
-            raise SsegError(f"no Ray cluster answers at {address}: {str(exc).splitlines()[0]}") from None
+            raise SsegError(f"no Ray cluster answers at {address}: {first_line(exc)}") from None
         return
     log.info("starting a local Ray instance (%s CPUs)", num_cpus or "all")
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls;

@@ -52,8 +52,7 @@ def _ensure_cache(cfg: PretrainConfig) -> list[str]:
     summary = build_pseudo_mask_cache(job, run_name="pretrain-cache")
     if summary["shards_processed"]:
         log.info("pseudo-mask cache built: %s", summary)
-    return PseudoMaskCache(cfg.cache_dir, config_hash(cfg.pseudo_masks.model_dump(mode="json")),
-                           cfg.pseudo_masks.generator).files()
+    return PseudoMaskCache.for_config(cfg.cache_dir, cfg.pseudo_masks, cfg.data.image_size).files()
 
 
 def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks: list[str] | None = None) -> dict:

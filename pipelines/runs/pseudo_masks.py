@@ -10,7 +10,7 @@ from pipelines.io.runtime import init_ray, require_gpus
 from pipelines.stages.pseudo_mask_cache import build_pseudo_mask_cache, oracle_miou
 from pipelines.tracking import generated_run_name, tracked_run
 from schemas.configs import PseudoMaskJobConfig
-from sseg.config import config_hash, flatten
+from sseg.config import flatten
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def run_pseudo_masks(cfg: PseudoMaskJobConfig) -> dict:
             result.update(oracle_miou(cfg))
         tracker.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
         tracker.log_metrics({f"skipped.{k}": v for k, v in result["skipped"].items()})
-        tracker.set_tags({"sseg.pseudo_mask_config_hash": config_hash(cfg.pseudo_masks)})
+        tracker.set_tags({"sseg.pseudo_mask_cache_key": result["cache_key"]})
     result["generator"] = cfg.pseudo_masks.generator
     result["mlflow_run_id"] = tracker.run_id
     return result

@@ -16,6 +16,7 @@ import numpy as np
 import ray
 import torch
 
+from sseg.errors import first_line
 from sseg.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class EvaluateBatch:
             try:
                 key, image, label = self.dataset[int(index)]
             except Exception as exc:  # noqa: BLE001 - a bad image is skipped and counted
-                log.warning("skipping eval sample %s: %s", index, str(exc).splitlines()[0])
+                log.warning("skipping eval sample %s: %s", index, first_line(exc))
                 skipped += 1
                 continue
             if self.mask_quality:

@@ -13,7 +13,6 @@ from pipelines.io.cache import PseudoMaskCache, shard_id
 from pipelines.stages.pseudo_masks import EncodeCacheRows, add_pseudo_masks
 from pipelines.io.shards import DecodeSamples, read_shards, resolve_shards
 from schemas.configs import PseudoMaskJobConfig
-from sseg.config import config_hash
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 def build_pseudo_mask_cache(cfg: PseudoMaskJobConfig, run_name: str = "cache") -> dict:
     """Process every unfinished shard; returns counts, skips by reason and images/s."""
     pm_config = cfg.pseudo_masks.model_dump(mode="json")
-    cache = PseudoMaskCache(cfg.cache_dir, config_hash(pm_config), cfg.pseudo_masks.generator)
+    cache = PseudoMaskCache.for_config(cfg.cache_dir, cfg.pseudo_masks, cfg.data.image_size)
     shards = resolve_shards(cfg.data.shards)
     todo = [s for s in shards if not cache.is_done(s)]
     log.info("%d shards, %d already in the cache, %d to process", len(shards), len(shards) - len(todo),
@@ -37,7 +36,7 @@ def build_pseudo_mask_cache(cfg: PseudoMaskJobConfig, run_name: str = "cache") -
             compute=_decode_compute())
         ds = add_pseudo_masks(ds, cfg.pseudo_masks, num_actors=cfg.pool.num_actors,
                               gpus_per_actor=cfg.pool.gpus_per_actor, batch_size=cfg.pool.batch_size)
-        ds = ds.map_batches(EncodeCacheRows(cfg.pseudo_masks.generator, pm_config),
+        ds = ds.map_batches(EncodeCacheRows(cfg.pseudo_masks.generator, pm_config, cache.config_hash),
                             batch_size=cfg.pool.batch_size, batch_format="numpy", compute=_decode_compute())
         rows_by_shard: dict[str, list[dict]] = defaultdict(list)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -52,7 +51,7 @@ def build_pseudo_mask_cache(cfg: PseudoMaskJobConfig, run_name: str = "cache") -
         "shards_total": len(shards), "shards_processed": len(todo), "samples": written,
         "skipped": skipped, "skipped_total": int(sum(skipped.values())),
         "images_per_s": written / elapsed if written else 0.0, "seconds": elapsed,
-        "cache_rows": cache.num_rows(), "cache_dir": str(cache.root),
+        "cache_rows": cache.num_rows(), "cache_dir": str(cache.root), "cache_key": cache.config_hash,
     }
 
 
@@ -67,7 +66,7 @@ def oracle_miou(cfg: PseudoMaskJobConfig) -> dict:
     import torch
 
     from sseg.data.datasets import VOCSegmentation
-    from sseg.data.transforms import center_square, resize_labels
+    from sseg.data.transforms import center_square, center_square_labels
     from sseg.pseudo_masks.generator import build_generator
     from sseg.pseudo_masks.oracle import OracleMIoU
 
@@ -80,9 +79,7 @@ def oracle_miou(cfg: PseudoMaskJobConfig) -> dict:
     for i in range(count):
         _, image, label = dataset[i]
         batch_images.append(center_square(image, size))
-        label = resize_labels(np.asarray(label, np.uint8), _short_side_size(label.shape, size))
-        top, left = (label.shape[0] - size) // 2, (label.shape[1] - size) // 2
-        batch_labels.append(label[top:top + size, left:left + size])
+        batch_labels.append(center_square_labels(np.asarray(label, np.uint8), size))
         if len(batch_images) == cfg.pool.batch_size or i == count - 1:
             with torch.no_grad():
                 segments = generator(torch.as_tensor(np.stack(batch_images))).cpu().numpy()
@@ -91,9 +88,3 @@ def oracle_miou(cfg: PseudoMaskJobConfig) -> dict:
             batch_images, batch_labels = [], []
     result = metric.compute()
     return {"oracle_miou": float(result["miou"]), "oracle_images": count}
-
-
-def _short_side_size(shape, short_side: int) -> tuple[int, int]:
-    h, w = shape[:2]
-    scale = short_side / min(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))

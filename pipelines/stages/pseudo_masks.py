@@ -10,7 +10,7 @@ import numpy as np
 import ray
 from PIL import Image
 
-from sseg.config import config_hash
+from sseg.data.shards import encode_jpeg
 
 
 class PseudoMaskStage:
@@ -60,18 +60,17 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+# The cache's images: quality 95, 4:2:0 (the bytes the cache has always held; CACHE_FORMAT names them).
+CACHE_JPEG_QUALITY = 95
+CACHE_JPEG_SUBSAMPLING = 2
 
 
 class EncodeCacheRows:
     """map_batches function: decoded sample + segments → rows of the pseudo-mask cache schema."""
 
-    def __init__(self, generator_name: str, pm_config: dict):
+    def __init__(self, generator_name: str, pm_config: dict, cache_key: str):
         self.generator_name = generator_name
-        self.hash = config_hash(pm_config)
+        self.hash = cache_key  # the rows' config_hash column: the key of the cache they are written to
         self.num_segments = int(pm_config["num_segments"])
 
     def __call__(self, batch: dict) -> dict[str, Any]:
@@ -82,7 +81,8 @@ class EncodeCacheRows:
             "width": np.full(n, batch["image"].shape[2] if n else 0, np.int32),
             "height": np.full(n, batch["image"].shape[1] if n else 0, np.int32),
             "num_segments": np.full(n, self.num_segments, np.int16),
-            "image": np.array([encode_jpeg(im) for im in batch["image"]] + [None], dtype=object)[:n],
+            "image": np.array([encode_jpeg(im, CACHE_JPEG_QUALITY, CACHE_JPEG_SUBSAMPLING)
+                               for im in batch["image"]] + [None], dtype=object)[:n],
             "mask_png": np.array([encode_png(s) for s in batch["segments"]] + [None], dtype=object)[:n],
             "generator": np.full(n, self.generator_name, dtype=object),
             "config_hash": np.full(n, self.hash, dtype=object),

@@ -41,23 +41,22 @@ class CropCachedSamples:
         return {
             "image": np.stack(images) if n else np.zeros((0, self.size, self.size, 3), np.uint8),
             "segments": np.stack(segments) if n else np.zeros((0, self.size, self.size), np.uint8),
-            "caption": training_text(batch, self.text, self.rng),
+            "caption": training_text(batch, self.text),
         }
 
 
-def training_text(batch: dict, text: str, rng: np.random.Generator | None = None) -> np.ndarray:
-    """The text each image is paired with: its nouns+verbs ("words"), one of them drawn at random
-    ("word"), or the caption itself; the caption stands in when no word survives the filter."""
+def training_text(batch: dict, text: str) -> np.ndarray:
+    """The text each image is paired with: its nouns+verbs ("words") or the caption itself; the caption
+    stands in when no word survives the filter."""
     if text == "caption":
         return np.asarray(batch["caption"], dtype=object)
-    rng = rng or np.random.default_rng()
     out = []
     for words, caption in zip(batch["words"], batch["caption"]):
         words = list(words) if not isinstance(words, str) else words.split()
         if not words:
             out.append(str(caption))
         else:
-            out.append(str(rng.choice(words)) if text == "word" else " ".join(words))
+            out.append(" ".join(words))
     return np.asarray(out, dtype=object)
 
 

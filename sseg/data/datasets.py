@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from sseg.data.readers.base import IGNORE_INDEX, SegmentationDataset
-from sseg.data.readers.class_names import (ADE20K_CLASSES, CITYSCAPES_CLASSES,
-                                           COCO_OBJECT_CLASSES, CONTEXT_CLASSES, VOC_CLASSES)
+from sseg.data.readers.class_names import CLASS_NAMES
 from sseg.data.readers.coco import COCOObject
 from sseg.data.readers.scenes import ADE20K, Cityscapes
 from sseg.data.readers.voc import PascalContext, VOCSegmentation
@@ -20,14 +19,6 @@ from sseg.errors import DataError
 
 DatasetName = Literal["voc", "context", "coco_object", "ade20k", "cityscapes", "world"]
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
-
-CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "voc": VOC_CLASSES,
-    "context": CONTEXT_CLASSES,
-    "coco_object": COCO_OBJECT_CLASSES,
-    "ade20k": ADE20K_CLASSES,
-    "cityscapes": CITYSCAPES_CLASSES,
-}
 
 # GroupViT's evaluation protocol (configs/_base_/datasets): background threshold per dataset.
 GROUPVIT_BG_THRESHOLDS: dict[str, float] = {"voc": 0.95, "context": 0.35, "coco_object": 0.95}

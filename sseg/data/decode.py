@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sseg.errors import DataError
+from sseg.errors import DataError, first_line
 
 EMPTY_IMAGE = "empty_image"
 UNDECODABLE_IMAGE = "undecodable_image"
@@ -57,8 +57,7 @@ def _open(data: bytes, what: str) -> Image.Image:
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
             Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DecodeError(f"undecodable {what}: {reason}") from None
+        raise DecodeError(f"undecodable {what}: {first_line(exc)}") from None
     if image.width == 0 or image.height == 0:
         raise DecodeError(f"undecodable {what}: zero-size image ({image.width}x{image.height})",
                           EMPTY_IMAGE)

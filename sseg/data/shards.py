@@ -26,12 +26,13 @@ FIXED_MTIME = 0
 MEMBER_MODE = 0o644
 
 
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    """Baseline JPEG of an HxWx3 uint8 image, 4:4:4 (small images keep their colour edges)."""
+def encode_jpeg(image: np.ndarray, quality: int, subsampling: int = 0) -> bytes:
+    """Baseline JPEG of an HxWx3 uint8 image. ``subsampling`` is Pillow's: 0 = 4:4:4 (the default: small
+    images keep their colour edges), 2 = 4:2:0 (Pillow's own default)."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise DataError(f"encode_jpeg needs an HxWx3 uint8 image, got {image.dtype} {image.shape}")
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality), subsampling=0,
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality), subsampling=subsampling,
                                 optimize=False, progressive=False)
     return buffer.getvalue()
 

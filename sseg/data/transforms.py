@@ -57,18 +57,30 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
     return np.ascontiguousarray(image), (np.ascontiguousarray(labels) if labels is not None else None)
 
 
+def short_side_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) scaled so that the short side is ``short_side`` (aspect kept, rounded)."""
+    scale = short_side / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = short_side / min(h, w)
-    return resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return resize_image(image, short_side_shape(*image.shape[:2], short_side))
+
+
+def _centre_crop(array: np.ndarray, size: int) -> np.ndarray:
+    h, w = array.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(array[top:top + size, left:left + size])
 
 
 def center_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize the short side to ``size`` and take the centre size×size crop (eval transform)."""
-    image = resize_short_side(image, size)
-    h, w = image.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return np.ascontiguousarray(image[top:top + size, left:left + size])
+    return _centre_crop(resize_short_side(image, size), size)
+
+
+def center_square_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    """:func:`center_square` for a label map (nearest-neighbour resize): the labels of that crop."""
+    return _centre_crop(resize_labels(labels, short_side_shape(*labels.shape[:2], size)), size)
 
 
 def to_normalized_tensor(images: np.ndarray | torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:

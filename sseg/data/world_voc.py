@@ -8,27 +8,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sseg.data.readers.base import IGNORE_INDEX
 from sseg.errors import DataError
+from sseg.viz import voc_palette
 
-IGNORE_INDEX = 255
-
-
-def voc_colormap(size: int = 256) -> np.ndarray:
-    """The standard Pascal VOC palette ((size, 3) uint8; bit-interleaved class id)."""
-    colormap = np.zeros((size, 3), dtype=np.uint8)
-    for index in range(size):
-        red = green = blue = 0
-        value = index
-        for shift in range(7, -1, -1):
-            red |= ((value >> 0) & 1) << shift
-            green |= ((value >> 1) & 1) << shift
-            blue |= ((value >> 2) & 1) << shift
-            value >>= 3
-        colormap[index] = (red, green, blue)
-    return colormap
-
-
-_PALETTE = voc_colormap().ravel().tolist()
+_PALETTE = voc_palette().ravel().tolist()
 
 
 def mark_boundaries(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import sseg  # noqa: F401  (torchvision import fix before timm)
-from sseg.errors import CheckpointError, ConfigError
+from sseg.errors import CheckpointError, ConfigError, first_line
 from sseg.models.config import ModelConfig
 
 TINY_CONVNET = "tiny_convnet"
@@ -71,8 +71,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle / zip / weights_only refusal: all are "not a usable checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"backbone checkpoint {path} could not be read: {first}") from None
+        raise CheckpointError(f"backbone checkpoint {path} could not be read: {first_line(exc)}") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

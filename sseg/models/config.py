@@ -44,17 +44,10 @@ class ModelConfig(StrictModel):
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = math.log(100.0)
 
-    # "query": the paper (decoder query outputs → MLP). "pooled": a semantic pixel map averaged under
-    # each predicted mask's (detached) sigmoid → the same MLP (see DESIGN.md, prototype findings).
+    # "query": the paper (decoder query outputs → MLP). "pooled": a semantic pixel map averaged under each
+    # predicted mask (detached weights: the mask's sigmoid × the per-pixel softmax over queries, so a pixel
+    # counts for the masks that claim it) → the same MLP. Why: docs/experiments.md.
     mask_feature_source: Literal["query", "pooled"] = "query"
-    # Pooling weights for "pooled": "sigmoid" = each mask's own sigmoid; "assignment" = sigmoid × the
-    # per-pixel softmax over queries, so a pixel counts for the masks that claim it. With plain sigmoids a
-    # small object's soft mask still holds thousands of low-weight background pixels, and its pooled
-    # feature becomes mostly background (measured: README, "Does it learn?").
-    mask_pooling: Literal["sigmoid", "assignment"] = "assignment"
-    # "pooled" only: 3×3 conv layers (GroupNorm, GELU) before the 1×1 projection to the semantic map;
-    # 0 = the 1×1 projection alone.
-    semantic_head_layers: int = Field(0, ge=0, le=4)
 
     @model_validator(mode="after")
     def _check_sizes(self) -> "ModelConfig":

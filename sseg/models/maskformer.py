@@ -17,7 +17,6 @@ from sseg.models.config import ModelConfig
 from sseg.models.pixel_decoder import FPNPixelDecoder
 from sseg.models.transformer_decoder import MLP, TransformerDecoder
 
-OUTPUT_STRIDE = 4
 BACKBONE_STRIDE = 32
 
 

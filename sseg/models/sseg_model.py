@@ -32,15 +32,6 @@ def mask_pooled_features(pixel_features: torch.Tensor, mask_logits: torch.Tensor
     return pooled / (weights.sum(-1, keepdim=True) + 1e-6)
 
 
-def semantic_head(in_channels: int, channels: int, layers: int) -> nn.Module:
-    """``layers`` × (3×3 conv, GroupNorm, GELU): room for the semantic map to differ from mask features."""
-    blocks: list[nn.Module] = []
-    for i in range(layers):
-        blocks += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1, bias=False),
-                   nn.GroupNorm(min(32, channels // 4) or 1, channels), nn.GELU()]
-    return nn.Sequential(*blocks)
-
-
 def words_mean_feature(word_features: torch.Tensor, caption_words: torch.Tensor) -> torch.Tensor:
     """[W,D] word features, bool [B,W] membership → [B,D]: the mean of each caption's L2-normalised
     word features (a caption without words gets a zero vector; the contrastive loss normalises)."""
@@ -57,16 +48,14 @@ class SSegModel(nn.Module):
         self.text_encoder = TextEncoder(cfg)
         self.image_projection = projection_mlp(cfg.hidden_dim, cfg.embed_dim)
         if cfg.mask_feature_source == "pooled":
-            self.semantic_head = semantic_head(cfg.mask_dim, cfg.hidden_dim, cfg.semantic_head_layers)
-            self.semantic_proj = nn.Conv2d(cfg.hidden_dim if cfg.semantic_head_layers else cfg.mask_dim,
-                                           cfg.hidden_dim, 1)
+            self.semantic_proj = nn.Conv2d(cfg.mask_dim, cfg.hidden_dim, 1)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
 
     def _mask_features(self, query_features: torch.Tensor, mask_logits: torch.Tensor,
                        semantic_map: torch.Tensor | None) -> torch.Tensor:
         if semantic_map is None:
             return self.image_projection(query_features)
-        return self.image_projection(mask_pooled_features(semantic_map, mask_logits, self.cfg.mask_pooling))
+        return self.image_projection(mask_pooled_features(semantic_map, mask_logits, "assignment"))
 
     def encode_image(self, images: torch.Tensor) -> dict[str, Any]:
         """images: normalised float [B,3,H,W] (H, W multiples of 32).
@@ -75,7 +64,7 @@ class SSegModel(nn.Module):
         not normalised) and "aux_outputs": one such dict per earlier decoder layer.
         """
         out = self.maskformer(images)
-        semantic_map = (self.semantic_proj(self.semantic_head(out.pixel_features))
+        semantic_map = (self.semantic_proj(out.pixel_features)
                         if self.cfg.mask_feature_source == "pooled" else None)
         layers = [
             {"pred_masks": out.pred_masks[i],

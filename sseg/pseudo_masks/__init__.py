@@ -8,6 +8,7 @@ from sseg.pseudo_masks.generator import (
     PseudoMaskGenerator,
     available_generators,
     build_generator,
+    generator_class,
 )
 from sseg.pseudo_masks.kmeans import KMeansResult, batched_kmeans, kmeans_plus_plus
 from sseg.pseudo_masks.pixel import PixelKMeansGenerator, rgb_to_lab
@@ -24,6 +25,7 @@ __all__ = [
     "available_generators",
     "batched_kmeans",
     "build_generator",
+    "generator_class",
     "kmeans_plus_plus",
     "load_dino_state_dict",
     "oracle_relabel",

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sseg.errors import CheckpointError, ConfigError
+from sseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from sseg.errors import CheckpointError, ConfigError, first_line
 from sseg.pseudo_masks.generator import (
     PseudoMaskConfig,
     PseudoMaskGenerator,
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 
 VIT_ARCH = "vit_small_patch8_224"
 PATCH_SIZE = 8
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # Checkpoint layouts seen in the wild: DINO's full training checkpoint keeps "teacher" and
 # "student" (prefixed "module.backbone." / "backbone."), other trainers "model" / "state_dict".
 _WRAPPER_KEYS = ("teacher", "student", "model", "state_dict")
@@ -46,12 +45,36 @@ def _first(names: list[str], count: int = 3) -> str:
     return shown + (f" (+{len(names) - count} more)" if len(names) > count else "")
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+# (resolved path, inode, size, mtime_ns) -> SHA-256: a checkpoint is hashed once per process unless it changes.
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-256 (hex) of a DINO checkpoint file's bytes: the weights' identity, wherever the file lies."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"DINO checkpoint not found: {path}")
+    info = path.stat()
+    stamp = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns)
+    if stamp not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+        _DIGESTS[stamp] = digest.hexdigest()
+    return _DIGESTS[stamp]
+
+
+def dino_weights_id(config: PseudoMaskConfig) -> str:
+    """What the ViT's weights are: the checkpoint file's digest, or the seed of an explicit random init."""
+    if config.dino_checkpoint is None:
+        if not config.dino_allow_random_init:
+            raise ConfigError(
+                "pseudo_masks.dino_checkpoint is required for generator=dino "
+                "(a local DINO ViT-S/8 file such as dino_deitsmall8_pretrain.pth)"
+            )
+        return f"random-init-seed{config.seed}"
+    return checkpoint_digest(config.dino_checkpoint)
 
 
 def load_dino_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -62,8 +85,7 @@ def load_dino_state_dict(path: str | Path) -> dict[str, Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"DINO checkpoint {path} could not be read: {reason}") from None
+        raise CheckpointError(f"DINO checkpoint {path} could not be read: {first_line(exc)}") from None
     while isinstance(payload, Mapping):
         wrapper = next((k for k in _WRAPPER_KEYS if isinstance(payload.get(k), Mapping)), None)
         if wrapper is None:
@@ -141,12 +163,8 @@ class DinoKMeansGenerator(PseudoMaskGenerator):
 
     def __init__(self, config: PseudoMaskConfig) -> None:
         super().__init__(config)
+        self.weights_id = dino_weights_id(config)
         if config.dino_checkpoint is None:
-            if not config.dino_allow_random_init:
-                raise ConfigError(
-                    "pseudo_masks.dino_checkpoint is required for generator=dino "
-                    "(a local DINO ViT-S/8 file such as dino_deitsmall8_pretrain.pth)"
-                )
             log.warning(
                 "pseudo-masks: DINO ViT-S/8 is RANDOMLY INITIALISED (no checkpoint): the masks "
                 "are meaningless; use only for tests"
@@ -154,13 +172,11 @@ class DinoKMeansGenerator(PseudoMaskGenerator):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
                 self.model = create_vit()
-            self.weights_id = f"random-init-seed{config.seed}"
         else:
             path = Path(config.dino_checkpoint).expanduser()
             state = load_dino_state_dict(path)
             self.model = create_vit()
             load_into_vit(self.model, state, path)
-            self.weights_id = file_digest(path)
         self.model.eval().requires_grad_(False).to(self.device)
         self.keys_hook = _LastBlockKeys()
         if config.dino_feature == "keys":
@@ -168,12 +184,20 @@ class DinoKMeansGenerator(PseudoMaskGenerator):
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
+    @classmethod
+    def output_settings(cls, config: PseudoMaskConfig) -> dict:
+        return cls._settings(config, dino_weights_id(config))
+
     def hashed_settings(self) -> dict:
+        return self._settings(self.config, self.weights_id)  # the weights loaded, even if the file changed since
+
+    @classmethod
+    def _settings(cls, config: PseudoMaskConfig, weights_id: str) -> dict:
         return {
-            **super().hashed_settings(),
-            "dino_weights": self.weights_id,
-            "dino_feature": self.config.dino_feature,
-            "bf16": self.config.bf16,
+            **super().output_settings(config),
+            "dino_weights": weights_id,
+            "dino_feature": config.dino_feature,
+            "bf16": config.bf16,
         }
 
     def _use_bf16(self) -> bool:

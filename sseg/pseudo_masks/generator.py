@@ -3,8 +3,9 @@
 A generator maps a batch of uint8 RGB images ``[B, H, W, 3]`` (what the data pipeline decodes)
 to uint8 segment-id maps ``[B, H, W]`` with ids in ``[0, num_segments)``. Implementations:
 ``pixel`` (K-Means on Lab colour + position, the paper's K-Means baseline) and ``dino``
-(K-Means on DINO ViT-S/8 patch features, the paper's generator). ``config_hash()`` names
-everything that changes the output, so a pseudo-mask cache can be keyed by it.
+(K-Means on DINO ViT-S/8 patch features, the paper's generator). ``output_settings(config)`` names
+everything that changes the output (DINO weights by their file's digest) without building the model, so a
+pseudo-mask cache can be keyed by it (pipelines.io.cache.pseudo_mask_cache_key).
 """
 
 from __future__ import annotations
@@ -126,9 +127,15 @@ class PseudoMaskGenerator(abc.ABC):
     _COMMON_SETTINGS: ClassVar[tuple[str, ...]] = (
         "num_segments", "max_iter", "tol", "kmeans_local_trials", "seed", "upsample")
 
+    @classmethod
+    def output_settings(cls, config: PseudoMaskConfig) -> dict:
+        """The settings that change this generator's output, from the config alone (no model is built;
+        subclasses add their own), so a pseudo-mask cache can be keyed before any generator exists."""
+        return {key: getattr(config, key) for key in cls._COMMON_SETTINGS}
+
     def hashed_settings(self) -> dict:
-        """The settings that change this generator's output (subclasses add their own)."""
-        return {key: getattr(self.config, key) for key in self._COMMON_SETTINGS}
+        """The settings that change this generator's output."""
+        return self.output_settings(self.config)
 
     def config_hash(self) -> str:
         return config_hash({"generator": self.name, **self.hashed_settings()})
@@ -155,12 +162,16 @@ def available_generators() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_generator(config: PseudoMaskConfig) -> PseudoMaskGenerator:
-    """The generator named by ``config.generator`` (pixel and dino register on package import)."""
+def generator_class(name: str) -> type[PseudoMaskGenerator]:
+    """The generator class registered as ``name`` (pixel and dino register on package import)."""
     try:
-        cls = _REGISTRY[config.generator]
+        return _REGISTRY[name]
     except KeyError:
         raise ConfigError(
-            f"unknown pseudo-mask generator '{config.generator}' (known: {', '.join(available_generators())})"
+            f"unknown pseudo-mask generator '{name}' (known: {', '.join(available_generators())})"
         ) from None
-    return cls(config)
+
+
+def build_generator(config: PseudoMaskConfig) -> PseudoMaskGenerator:
+    """The generator named by ``config.generator``."""
+    return generator_class(config.generator)(config)

@@ -84,11 +84,12 @@ class PixelKMeansGenerator(PseudoMaskGenerator):
             config.pixel_stride,
         )
 
-    def hashed_settings(self) -> dict:
+    @classmethod
+    def output_settings(cls, config: PseudoMaskConfig) -> dict:
         return {
-            **super().hashed_settings(),
-            "pixel_stride": self.config.pixel_stride,
-            "pixel_position_weight": self.config.pixel_position_weight,
+            **super().output_settings(config),
+            "pixel_stride": config.pixel_stride,
+            "pixel_position_weight": config.pixel_position_weight,
         }
 
     def generate(self, images: Tensor) -> Tensor:

@@ -79,6 +79,15 @@ CITYSCAPES_ID_TO_TRAIN_ID: dict[int, int] = {
     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }
 
+# Dataset name -> its class names in label order (the world reads its own class_names.txt).
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "voc": VOC_CLASSES,
+    "context": CONTEXT_CLASSES,
+    "coco_object": COCO_OBJECT_CLASSES,
+    "ade20k": ADE20K_CLASSES,
+    "cityscapes": CITYSCAPES_CLASSES,
+}
+
 assert len(VOC_CLASSES) == 21 and len(CONTEXT_CLASSES) == 60
 assert len(COCO_OBJECT_CLASSES) == 81 and len(COCO_THING_IDS) == 80
 assert len(ADE20K_CLASSES) == 150 and len(CITYSCAPES_CLASSES) == 19

@@ -11,8 +11,8 @@ the demo's budget (600 steps × 64 images of the captioned world) with one of:
 and with class vectors from a linear head (``--head linear``) or from the text tower on the class names /
 words (``--head text``). Evaluation: per-pixel argmax over the 14 class names on the labelled split.
 
-    python benchmarks/diag_supervision.py --supervision dense --head linear
-    python benchmarks/diag_supervision.py --supervision words --head text
+    python research/diag_supervision.py --supervision dense --head linear
+    python research/diag_supervision.py --supervision words --head text
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ For one or more pretraining checkpoints (e.g. the trained model and its step-0 t
                   first half of the images, tested on the second half (no image in both), next to the
                   majority-class rate of the test half
 
-    python benchmarks/diag_thing_signal.py runs/demo-seed0/untrained mlruns/<run>/artifacts/checkpoints/final
+    python research/diag_thing_signal.py runs/demo-seed0/untrained mlruns/<run>/artifacts/checkpoints/final
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def region_features(model, image_tensor: torch.Tensor, label: np.ndarray,
     masks = torch.stack([torch.as_tensor(label == c, dtype=torch.float32) for c in classes])[None]
     if getattr(model, "semantic_proj", None) is not None:
         trunk = model.maskformer(image_tensor)
-        semantic = model.semantic_proj(model.semantic_head(trunk.pixel_features))  # [1,C,h,w]
+        semantic = model.semantic_proj(trunk.pixel_features)  # [1,C,h,w]
         weights = F.adaptive_avg_pool2d(masks, semantic.shape[-2:]).flatten(2)  # area weights at 1/4
         pooled = torch.einsum("bnp,bcp->bnc", weights, semantic.flatten(2)) / weights.sum(-1, keepdim=True).clamp_min(1e-6)
         return list(model.image_projection(pooled)[0].numpy())
