@@ -176,6 +176,32 @@ def encode_texts(model: nn.Module, texts: Sequence[str], tokenizer: Tokenizer,
     return torch.cat(chunks)
 
 
+def check_prompts_fit(prompts: Sequence[str], class_names: Sequence[str], tokenizer: Tokenizer,
+                      context_length: int) -> None:
+    """A class name the text tower cannot read whole (its prompt longer than the context) is a one-line
+    ConfigError naming the class, not a silently truncated query."""
+    long_context = max(256, 4 * context_length)
+    tokens = torch.as_tensor(tokenizer(list(prompts), long_context))
+    lengths = (tokens != 0).sum(dim=1).tolist()
+    for prompt, name, length in zip(prompts, class_names, lengths):
+        if length > context_length:
+            raise ConfigError(f"class name {name!r} cannot be encoded: its prompt {prompt!r} has {length} tokens, "
+                              f"more than the model's context length {context_length}")
+
+
+def check_class_names_encodable(classes: Any, templates: str | Sequence[str], context_length: int) -> None:
+    """Before any work starts: every class name, in every template, fits the text tower's context."""
+    definitions = parse_class_definitions(classes)
+    template_list = resolve_templates(templates)
+    prompts, names = [], []
+    for d in definitions:
+        for concept in d.concepts:
+            for template in template_list:
+                prompts.append(template.format(concept))
+                names.append(d.name)
+    check_prompts_fit(prompts, names, default_tokenizer(), context_length)
+
+
 def build_text_classifier(model: nn.Module, classes: Any, templates: str | Sequence[str] = "clip",
                           tokenizer: Tokenizer | None = None, device: torch.device | str | None = None,
                           batch_size: int = 256) -> TextClassifier:
@@ -184,10 +210,14 @@ def build_text_classifier(model: nn.Module, classes: Any, templates: str | Seque
     definitions: list[ClassDefinition] = parse_class_definitions(classes)
     template_list = resolve_templates(templates)
     device = torch.device(device) if device is not None else model_device(model)
+    bpe = tokenizer is None  # prompt lengths are checked with the CLIP BPE tokenizer the towers use
     tokenizer = tokenizer or default_tokenizer()
     concepts = [c for d in definitions for c in d.concepts]
     concept_to_class = [i for i, d in enumerate(definitions) for _ in d.concepts]
     prompts = [t.format(c) for c in concepts for t in template_list]
+    if bpe:
+        check_prompts_fit(prompts, [definitions[i].name for i in concept_to_class for _ in template_list],
+                          tokenizer, model_context_length(model))
     with eval_mode(model):
         features = encode_texts(model, prompts, tokenizer, device, batch_size)
     per_concept = features.view(len(concepts), len(template_list), -1).mean(dim=1)

@@ -446,3 +446,18 @@ def test_with_the_real_tiny_model():
     prediction = segmenter.predict(image)
     assert prediction.labels.shape == (50, 97) and prediction.scores.shape == (3, 50, 97)
     assert set(np.unique(prediction.labels)) <= {0, 1, 2}
+
+
+def test_class_name_longer_than_the_context_is_a_one_line_error() -> None:
+    import torch
+
+    from sseg.errors import ConfigError
+    from sseg.inference import build_text_classifier
+    from sseg.models import SSegModel, tiny_model_config
+
+    torch.manual_seed(0)
+    model = SSegModel(tiny_model_config(context_length=16)).eval()
+    build_text_classifier(model, ["car", "house"], "clip7")  # fits
+    long_name = " ".join(["automobile"] * 12)
+    with pytest.raises(ConfigError, match=r"class name 'automobile .*' cannot be encoded: .* context length 16"):
+        build_text_classifier(model, ["car", long_name], "clip7")

@@ -12,7 +12,7 @@ from pipelines.tracking import generated_run_name, resolve_checkpoint, tracked_r
 from schemas.configs import EvaluateConfig
 from sseg.config import flatten
 from sseg.errors import CheckpointError, ConfigError
-from sseg.inference import SegmentConfig
+from sseg.inference import SegmentConfig, check_class_names_encodable
 
 
 def model_entry_check(state: dict, checkpoint: str) -> None:
@@ -41,6 +41,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     segment = dict(WORLD_DEFAULT_SEGMENT) if cfg.dataset == "world" else {}
     segment.update(cfg.segment)
     checked = SegmentConfig.model_validate({**segment, "bg_mode": "none"})  # validate fields early
+    check_class_names_encodable(list(reader.class_names), checked.templates,
+                                int(state["model_config"].get("context_length", 77)))
     bg_thresh, bg_source = background_threshold(cfg.dataset, segment)
     segment["bg_thresh"] = bg_thresh
     background_classes = cfg.background_classes

@@ -62,6 +62,12 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks: list
         from sseg.data.world import ensure_world
 
         ensure_world(cfg.world_dir, cfg.world, workers=min(4, os.cpu_count() or 1))
+    if cfg.eval.labeled_split:  # an evaluation class list the text tower cannot read fails before training
+        from sseg.data.datasets import build_dataset
+        from sseg.inference import check_class_names_encodable
+
+        reader = build_dataset(cfg.eval.dataset, cfg.eval.labeled_split, "val")
+        check_class_names_encodable(list(reader.class_names), cfg.eval.templates, cfg.model.context_length)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     _check_resources(cfg)
     run_name, info = _run_identity(cfg, resume)

@@ -72,6 +72,9 @@ def evaluate_pretraining(cfg, checkpoint_dir: Path, tracker: Tracker) -> dict:
     segment = {"templates": cfg.eval.templates, "bg_mode": "none", "short_side": size,
                "sliding": False, "window": size, "stride": size}
     common = dict(max_images=cfg.eval.max_images, num_actors=cfg.eval.num_actors)
+    from sseg.inference import check_class_names_encodable
+
+    check_class_names_encodable(class_names, cfg.eval.templates, cfg.model.context_length)
     print(f"[sseg] evaluating open-vocabulary mIoU on {cfg.eval.labeled_split} "
           f"({min(len(reader), cfg.eval.max_images)} images, {len(class_names)} class names)", flush=True)
     trained = run_evaluation(checkpoint_dir, dataset, segment, class_names,
