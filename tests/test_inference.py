@@ -434,11 +434,11 @@ def test_legend_grid_and_chart():
 
 
 def test_with_the_real_tiny_model():
-    from sseg.models.config import ModelConfig
+    from sseg.models.config import tiny_model_config
     from sseg.models.sseg_model import SSegModel
     from sseg.models.text import tokenize
     torch.manual_seed(0)
-    model = SSegModel(ModelConfig.tiny())
+    model = SSegModel(tiny_model_config())
     cfg = SegmentConfig(short_side=64, window=64, stride=32, templates="single")
     segmenter = Segmenter.for_classes(model, ["background", "ball", "sky;clouds"], cfg, tokenizer=tokenize)
     assert segmenter.classifier.embeddings.shape == (3, model.cfg.embed_dim)

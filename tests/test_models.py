@@ -364,3 +364,20 @@ def test_word_mean_training_step_trains_every_parameter() -> None:
     with pytest.raises(ValueError, match="word prompts"):
         step(prepare_batch(images, segments, ["a", "b", "c", "d"], model.cfg.context_length,
                            torch.device("cpu")))
+
+
+def test_named_model_configs_build_and_match_their_sources() -> None:
+    """sseg_tiny is the demo's model config, sseg_swin_s the paper's defaults; both build via the registry."""
+    from schemas.configs import PretrainConfig
+    from sseg.models.registry import create_model, load_model_config, named_model_configs
+
+    assert {"sseg_tiny", "sseg_swin_s"} <= set(named_model_configs())
+    name, tiny = load_model_config("sseg_tiny")
+    assert name == "sseg" and tiny == PretrainConfig().model.model_dump(mode="json")
+    assert tiny == tiny_model_config(mask_feature_source="pooled").model_dump(mode="json")
+    assert load_model_config("sseg_swin_s")[1] == ModelConfig().model_dump(mode="json")
+    assert isinstance(create_model(name, tiny), SSegModel)
+    with pytest.raises(ConfigError, match="unknown model config 'nope'"):
+        load_model_config("nope")
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        create_model("nope", {})

@@ -68,29 +68,26 @@ class ModelConfig(StrictModel):
             raise ValueError("max_logit_scale must be >= init_logit_scale")
         return self
 
-    @classmethod
-    def tiny(cls, **overrides: object) -> "ModelConfig":
-        """CPU-sized config for tests and the embedded demo (64 px, 2 cores)."""
-        values: dict[str, object] = dict(
-            backbone="tiny_convnet",
-            tiny_convnet_widths=(32, 64, 96, 128),
-            image_size=64,
-            hidden_dim=128,
-            num_queries=16,
-            dec_layers=3,
-            nheads=4,
-            dim_feedforward=256,
-            decoder_dropout=0.0,
-            mask_dim=128,
-            text_layers=3,
-            text_width=128,
-            text_heads=4,
-            context_length=32,
-            embed_dim=128,
-        )
-        values.update(overrides)
-        return cls.model_validate(values)
-
 
 def tiny_model_config(**overrides: object) -> ModelConfig:
-    return ModelConfig.tiny(**overrides)
+    """CPU-sized config for tests and the embedded demo (64 px, 2 cores); the demo adds
+    ``mask_feature_source="pooled"`` (named config ``sseg_tiny``)."""
+    values: dict[str, object] = dict(
+        backbone="tiny_convnet",
+        tiny_convnet_widths=(32, 64, 96, 128),
+        image_size=64,
+        hidden_dim=128,
+        num_queries=16,
+        dec_layers=3,
+        nheads=4,
+        dim_feedforward=256,
+        decoder_dropout=0.0,
+        mask_dim=128,
+        text_layers=3,
+        text_width=128,
+        text_heads=4,
+        context_length=32,
+        embed_dim=128,
+    )
+    values.update(overrides)
+    return ModelConfig.model_validate(values)
