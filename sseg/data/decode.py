@@ -1,6 +1,6 @@
 """Decode encoded images (jpg/png/webp/...) to ``uint8 [H, W, 3]`` RGB with Pillow.
 
-torchvision.io is unavailable here (see DESIGN.md), and Pillow covers every mode a web-scraped
+torchvision.io is unavailable with CPU-only torch (sseg/_compat.py), and Pillow covers every mode a web-scraped
 shard or a benchmark dataset contains. Rules, so results are deterministic:
 
 * EXIF orientation is applied (a phone photo comes out upright);

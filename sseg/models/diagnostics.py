@@ -1,4 +1,4 @@
-"""Training diagnostics for the mask features (see DESIGN.md, prototype findings)."""
+"""Training diagnostics for the mask features (query collapse: docs/experiments.md)."""
 
 from __future__ import annotations
 
