@@ -93,7 +93,9 @@ class WorldConfig(StrictModel):
     image_size: int = Field(64, ge=16, le=1024)
     num_train: int = Field(20000, ge=1, description="caption-only pairs in the WebDataset shards")
     num_val: int = Field(500, ge=0, description="labelled validation images (VOC layout)")
-    num_labeled_train: int = Field(0, ge=0, description="labelled training images (VOC train.txt)")
+    num_labeled_train: int = Field(
+        2000, ge=0, description="labelled training images (VOC train.txt): the target train set of self-training and SemiVL"
+    )
     shard_size: int = Field(1000, ge=1)
     caption_noise: float = Field(0.2, ge=0.0, le=1.0)
     min_objects: int = Field(1, ge=0, le=8)
