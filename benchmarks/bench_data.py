@@ -96,7 +96,7 @@ def main() -> None:
     from sseg.data.world import WorldConfig, ensure_world
 
     summary = ensure_world(args.world, WorldConfig(seed=1, image_size=args.image_size, num_train=args.images,
-                                                   num_val=0, shard_size=250))
+                                                   num_val=0, num_labeled_train=0, shard_size=250))
     shards = [str(p) for p in summary.shard_paths]
     torch.set_num_threads(1)
     plain = [plain_loop(shards, 224, args.batch) for _ in range(args.repeats)]

@@ -38,7 +38,7 @@ def _rates(images: int, fn) -> tuple[float, float]:
 
 
 def bench_size(size: int, images: int, repeats: int) -> dict[str, float]:
-    config = WorldConfig(image_size=size, num_train=images, shard_size=max(1, images // 2), num_val=0)
+    config = WorldConfig(image_size=size, num_train=images, shard_size=max(1, images // 2), num_val=0, num_labeled_train=0)
     render_sample(0, 0, config)  # warm caches (coordinate grids, interpolation matrices)
 
     def render() -> None:

@@ -39,7 +39,7 @@ def tiny_world(tmp_path_factory):
     from sseg.data.world import WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("world")
-    config = WorldConfig(seed=3, image_size=64, num_train=96, num_val=24, shard_size=32)
+    config = WorldConfig(seed=3, image_size=64, num_train=96, num_val=24, num_labeled_train=16, shard_size=32)
     generate_world(out, config)
     return out
 

@@ -12,7 +12,7 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 TINY = [
-    "world.num_train=96", "world.num_val=8", "world.shard_size=32", "world.seed=5",
+    "world.num_train=96", "world.num_val=8", "world.num_labeled_train=8", "world.shard_size=32", "world.seed=5",
     "model.num_queries=4", "model.dec_layers=2", "model.hidden_dim=32", "model.mask_dim=32",
     "model.nheads=2", "model.dim_feedforward=64", "model.text_layers=1", "model.text_width=32",
     "model.text_heads=2", "model.embed_dim=32", "model.context_length=16",

@@ -415,7 +415,7 @@ def test_config_validation():
 
 
 def test_ensure_world_generates_once_and_regenerates_on_change(tmp_path):
-    config = WorldConfig(image_size=24, num_train=3, shard_size=2, num_val=1)
+    config = WorldConfig(image_size=24, num_train=3, shard_size=2, num_val=1, num_labeled_train=0)
     out = tmp_path / "world"
     first = ensure_world(out, config)
     assert first.generated and first.root == out and first.shard_paths[0].is_file()
