@@ -75,7 +75,15 @@ class TrainConfig(StrictModel):
     seed: int = 0
     num_workers: int = Field(default=1, gt=0)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1, gt=0)
+    # CPUs each training worker holds. None: 1, lowered so that num_workers × it + data_cpus fits the
+    # cluster (an explicit value that does not fit is a one-line error before any work).
+    cpus_per_worker: float | None = Field(default=None, gt=0)
+    # CPUs kept free for the Ray Data stages that feed training while it runs (Ray Data only gets what
+    # the training workers do not hold; with 0 CPU left the stream stops and training waits forever).
+    data_cpus: float = Field(default=1, ge=0)
+    # No worker progress (a batch received, a step finished) for this long stops the run with a message
+    # naming the starved stage and the cluster's free CPUs. None: never.
+    stall_timeout_s: float | None = Field(default=300, gt=0)
     threads_per_worker: int | None = Field(default=None, gt=0)  # torch threads; None: cpus_per_worker
     max_failures: int = Field(default=2, ge=0)
     log_every: int = Field(default=10, gt=0)
@@ -123,7 +131,7 @@ class PretrainConfig(StrictModel):
     model: ModelConfig = Field(default_factory=lambda: _tiny_model())
     train: TrainConfig = TrainConfig(global_batch_size=64, steps=800, lr=1e-3, warmup_steps=50,
                                      threads_per_worker=2, checkpoint_every=200,
-                                     caption_feature="word_mean")
+                                     caption_feature="word_mean", weight_words=0.25)
     eval: PretrainEvalConfig = PretrainEvalConfig()
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()
@@ -178,3 +186,216 @@ class SegmentJobConfig(StrictModel):
     segment: dict = Field(default_factory=dict)  # SegmentConfig fields (templates, bg_thresh, window, ...)
     tracking: TrackingConfig = TrackingConfig(experiment="sseg-segment")
 
+
+
+# ----------------------------------------------------------------------------- SemiVL (jobs/semivl.py)
+
+
+def _semivl_world() -> "WorldConfig":
+    """The world SemiVL trains on: the demo world's seed and look, with a labelled train split (1600
+    images; its val split is byte-identical to data/world's) and no caption shards to speak of."""
+    return WorldConfig(num_train=1, shard_size=1, num_labeled_train=1600)
+
+
+class SemiVLComponents(StrictModel):
+    """The five SemiVL components (paper Table 6); the ablation turns them off one by one."""
+
+    vl_init: bool = True  # off: the same architecture randomly initialised
+    spatial_ft: bool = True  # off: the whole vision tower trains
+    language_decoder: bool = True  # off: a DeepLabV3+ head
+    guidance: bool = True  # dense VL guidance from a frozen copy of the initial VLM (needs vl_init)
+    class_definitions: bool = True  # off: one concept per class, its name
+
+
+class SemiVLDataConfig(StrictModel):
+    dataset: Literal["voc", "context", "coco_object", "ade20k", "cityscapes", "world"] = "world"
+    root: str = "data/world_semivl/voc"
+    train_split: str = "train"  # the reader split holding the labelled + unlabelled pool
+    val_split: str = "val"
+    split_dir: str | None = None  # holds labeled.txt + unlabeled.txt; None: a seeded random split
+    num_labeled: int = Field(default=100, gt=0)  # for the random split (1/16 of the world's 1600)
+    split_seed: int = 0
+    crop_size: int = Field(default=64, ge=16)
+    scale: tuple[float, float] = (0.5, 2.0)  # weak view: random rescale range (UniMatch)
+    concepts: str | None = "world"  # class definitions: a built-in (voc, cityscapes, world) or a file
+    templates: str | list[str] = "clip7"  # prompt templates of the text tower (the paper: "single")
+
+
+class SemiVLVLMConfig(StrictModel):
+    kind: Literal["sseg", "clip"] = "sseg"
+    # sseg: a checkpoint path or MLflow run id; None = the newest finished run of `sseg-pretrain`.
+    # clip: a local open_clip state-dict file (read with weights_only=True; never downloaded).
+    checkpoint: str | None = None
+    clip_model: str = "ViT-B-16"
+    clip_model_cfg: dict | None = None
+    embed_dim: int | None = Field(default=None, gt=0)  # expected text/image embedding size, if fixed
+
+
+class SemiVLTrainConfig(StrictModel):
+    steps: int = Field(default=400, gt=0)
+    batch_size: int = Field(default=8, gt=0)  # labelled + as many unlabelled images per step (paper: 8 + 8)
+    lr: float = Field(default=1e-3, gt=0)  # base lr (paper: 1e-4 VOC)
+    weight_decay: float = Field(default=0.01, ge=0)
+    head_lr_mult: float = Field(default=10.0, gt=0)
+    backbone_lr_mult: float = Field(default=0.1, ge=0)  # paper: 0.01 VOC, 0.001 COCO/ADE, 0.1 Cityscapes
+    warmup_steps: int = Field(default=0, ge=0)
+    poly_power: float = 0.9
+    tau: float = Field(default=0.95, ge=0, le=1)
+    guidance_lambda: tuple[float, float] = (0.1, 0.0)
+    guidance_threshold: float = Field(default=0.9, ge=0, le=1)
+    guidance_scale: float = 100.0
+    supervised_only: bool = False  # labelled images alone, no consistency or guidance
+    grad_clip: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    num_workers: int = Field(default=1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1, gt=0)
+    threads_per_worker: int | None = Field(default=2, gt=0)
+    max_failures: int = Field(default=1, ge=0)
+    log_every: int = Field(default=20, gt=0)
+    checkpoint_every: int = Field(default=200, gt=0)
+    checkpoints_to_keep: int = Field(default=1, gt=0)
+    shuffle_buffer: int = Field(default=256, ge=0)
+
+
+class SemiVLEvalConfig(StrictModel):
+    max_images: int | None = Field(default=None, gt=0)
+    window: int = Field(default=64, gt=0)  # sliding window (paper: 512 / stride 426)
+    stride: int = Field(default=64, gt=0)
+    short_side: int | None = None  # None: keep the image size (paper: VOC at its own size)
+    num_actors: int = Field(default=1, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+
+
+class SemiVLConfig(StrictModel):
+    """Defaults = the tiny CPU run on the world from our S-Seg run; configs/semivl_voc.yaml = the paper."""
+
+    world: WorldConfig | None = Field(default_factory=_semivl_world)
+    world_dir: str = "data/world_semivl"
+    data: SemiVLDataConfig = SemiVLDataConfig()
+    vlm: SemiVLVLMConfig = SemiVLVLMConfig()
+    components: SemiVLComponents = SemiVLComponents()
+    # decoder sizes etc.: fields of sseg.semivl.config.SemiVLModelConfig (vlm, sseg, decoder and
+    # num_classes are set by the run). Default: a quarter of the paper's widths for the 64-px world.
+    model: dict = Field(default_factory=lambda: {"channels": 32, "text_channels": 32, "up_channels": [16, 8],
+                                                 "skip_channels": [8, 4], "deeplab_channels": 64})
+    train: SemiVLTrainConfig = SemiVLTrainConfig()
+    eval: SemiVLEvalConfig = SemiVLEvalConfig()
+    storage_path: str = "runs"
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig(experiment="sseg-semivl")
+
+    @model_validator(mode="after")
+    def _guidance_needs_init(self) -> "SemiVLConfig":
+        if self.components.guidance and not self.components.vl_init:
+            raise ValueError("components.guidance needs components.vl_init (the guide is the frozen initial VLM)")
+        if self.vlm.kind == "clip" and self.components.vl_init and not self.vlm.checkpoint:
+            raise ValueError("vlm.kind=clip needs vlm.checkpoint (a local CLIP weights file; nothing is downloaded)")
+        return self
+
+
+# ----------------------------------------------------------------------------- S-Seg+ (jobs/self_train.py)
+
+from sseg.models.upernet import UperNetConfig  # noqa: E402
+
+
+def _tiny_plus_model() -> UperNetConfig:
+    """S-Seg+'s demo model: the named config ``sseg_plus_tiny`` (sseg/models/model_configs/)."""
+    from sseg.models.registry import load_model_config
+
+    return UperNetConfig.model_validate(load_model_config("sseg_plus_tiny")[1])
+
+
+class SelfTrainTargetConfig(StrictModel):
+    """The target dataset (any layout of jobs/evaluate.py): its train images are pseudo-labelled, its
+    labelled val split evaluates S-Seg and S-Seg+."""
+
+    dataset: Literal["voc", "context", "coco_object", "ade20k", "cityscapes", "world"] = "world"
+    root: str = "data/world/voc"
+    train_split: str = "train"
+    val_split: str = "val"
+    classes: list[str] | None = None  # None: the dataset's class names; given, they must equal them
+    max_train_images: int | None = Field(default=None, gt=0)
+    # with_background protocol on a dataset without a background class (the world: its stuff classes)
+    background_classes: list[str] | None = None
+
+
+class PseudoLabelConfig(StrictModel):
+    # None: <storage_path>/pseudo_labels/<dataset>-<cache key>; a cache of another checkpoint, class list
+    # or inference settings in a given directory is refused, naming the difference
+    cache_dir: str | None = None
+    chunk_size: int = Field(default=250, gt=0)  # images per cache file (the unit of resume)
+    num_actors: int = Field(default=2, gt=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    threads_per_actor: int = Field(default=1, gt=0)
+    segment: dict = Field(default_factory=dict)  # SegmentConfig overrides (the world: 64 px, no sliding)
+    # training ignores pixels whose pseudo-label confidence (normalised class probability) is below this
+    confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class SelfTrainTrainConfig(StrictModel):
+    """Defaults: the embedded CPU run. The paper (Table 6): configs/self_train_{voc,context,coco}.yaml."""
+
+    global_batch_size: int = Field(default=16, gt=0)
+    steps: int = Field(default=1200, gt=0)
+    lr: float = Field(default=1e-4, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(default=1500, ge=0)
+    layer_decay: float = Field(default=0.7, gt=0, le=1)
+    poly_power: float = Field(default=1.0, gt=0)
+    grad_clip: float | None = Field(default=None, gt=0)
+    bf16: Literal["auto", "on", "off"] = "auto"
+    seed: int = 0
+    crop_size: int | None = Field(default=None, gt=7)  # None: model.image_size
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    hflip: bool = True
+    num_workers: int = Field(default=1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1, gt=0)
+    threads_per_worker: int | None = Field(default=None, gt=0)  # torch threads; None: cpus_per_worker
+    stall_timeout_s: float | None = Field(default=300, gt=0)
+    max_failures: int = Field(default=2, ge=0)
+    log_every: int = Field(default=50, gt=0)
+    checkpoint_every: int = Field(default=500, gt=0)
+    checkpoints_to_keep: int = Field(default=2, gt=0)
+    shuffle_buffer: int = Field(default=256, ge=0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
+        return value
+
+
+class SelfTrainEvalConfig(StrictModel):
+    # the protocol of sseg_miou / sseg_plus_miou / gain. None: "all_classes" on a dataset without a background
+    # class (every class a text query, no background: what pretraining reports) else "with_background"
+    headline: Literal["all_classes", "with_background", "without_background"] | None = None
+    protocols: list[Literal["all_classes", "with_background", "without_background"]] = [
+        "with_background", "without_background"]
+    segment: dict = Field(default_factory=dict)  # SegmentConfig overrides (the world: 64 px, no sliding)
+    max_images: int | None = Field(default=None, gt=0)
+    pictures: int = Field(default=8, ge=0)
+    num_actors: int = Field(default=2, gt=0)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=50, gt=0)
+
+
+class SelfTrainConfig(StrictModel):
+    """S-Seg+ (seed 004 sec. 3.3.4): pseudo-label the target's train images with an S-Seg checkpoint,
+    train UperNet-ViT on them, evaluate both. Defaults = the embedded CPU run on the world."""
+
+    checkpoint: str | None = None  # S-Seg checkpoint path or MLflow run id; None: newest finished pretraining
+    pretrain_experiment: str = "sseg-pretrain"  # where the newest finished pretraining run is looked up
+    world: WorldConfig | None = WorldConfig()  # generated into world_dir if absent; null for real data
+    world_dir: str = "data/world"
+    target: SelfTrainTargetConfig = SelfTrainTargetConfig()
+    pseudo_labels: PseudoLabelConfig = PseudoLabelConfig()
+    model: UperNetConfig = Field(default_factory=_tiny_plus_model)  # class_names: set from the target
+    train: SelfTrainTrainConfig = SelfTrainTrainConfig(warmup_steps=100)
+    eval: SelfTrainEvalConfig = SelfTrainEvalConfig()
+    storage_path: str = "runs"
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig(experiment="sseg-self-train")
