@@ -1,15 +1,21 @@
 """Checkpoints of every training stage: one file format, one loader for every kind.
 
 A checkpoint is ``{"kind", "model_name", "model_config", "model", "optimizer", "scheduler", "step",
-"epoch", "extra"}`` saved with ``torch.save`` and read with ``weights_only=True``. ``kind`` names the
-stage that wrote it (``sseg-pretrain``, ``sseg-plus``, …); ``model_name`` + ``model_config`` rebuild
+"epoch", "data_position", "extra"}`` saved with ``torch.save`` and read with ``weights_only=True``.
+``kind`` names the stage that wrote it (``sseg-pretrain``, ``sseg-plus``, …); ``model_name`` + ``model_config`` rebuild
 the model through :mod:`sseg.models.registry`. Checkpoints written before ``model_name`` existed are
 S-Seg pretraining checkpoints (model ``sseg``).
+
+Resuming a training stage (:func:`save_training_state` / :func:`restore_training_state`, used by the
+training loop) restores the model, the optimizer state (AdamW's ``exp_avg``, ``exp_avg_sq``, ``step``),
+the scheduler (``last_epoch``, hence the learning rate), the step counter and the data position
+(:class:`DataPosition`).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -23,9 +29,29 @@ PRETRAIN_KIND = "sseg-pretrain"
 _LEGACY_MODEL = {PRETRAIN_KIND: "sseg"}
 
 
+@dataclass(frozen=True)
+class DataPosition:
+    """Where the training data stood when a checkpoint was written.
+
+    ``epoch``: the data epoch in progress; ``batches_in_epoch``: the batches every worker had taken
+    from its shard of that epoch (all workers take the same number); ``samples_seen``: the samples of
+    all workers together since step 0. On resume the loop re-opens epoch ``epoch`` and skips its first
+    ``batches_in_epoch`` batches on every worker, so the epoch boundaries, the samples seen per epoch
+    and the epoch number logged with each step are those of an uninterrupted run. The skipped batches
+    are read and dropped (data-loading time, no training). Which samples they are follows the
+    dataset's order in that epoch; the training datasets shuffle their files and crops afresh on every
+    pass (not seeded), so after a resume the rest of the epoch is drawn from a new shuffle of the
+    epoch's data — the position is exact in count, not in sample identity.
+    """
+
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    samples_seen: int = 0
+
+
 def save_checkpoint(directory: str | Path, *, model: nn.Module, model_config: dict, kind: str = PRETRAIN_KIND,
                     model_name: str = "sseg", optimizer=None, scheduler=None, step: int = 0, epoch: int = 0,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, data_position: DataPosition | None = None) -> Path:
     """Write atomically (temp file + rename): a crash mid-save never leaves a half checkpoint."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -33,6 +59,7 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, model_config: di
     state = {
         "kind": kind, "model_name": model_name, "model_config": model_config,
         "model": core.state_dict(), "step": step, "epoch": epoch, "extra": extra or {},
+        "data_position": asdict(data_position or DataPosition(epoch=epoch)),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
     }
@@ -61,6 +88,40 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if kinds is not None and state["kind"] not in kinds:
         raise CheckpointError(f"{path} is a '{state['kind']}' checkpoint; this needs {' or '.join(kinds)}")
     return state
+
+
+def save_training_state(directory: str | Path, step_obj, *, step: int, position: DataPosition,
+                        extra: dict | None = None) -> Path:
+    """The checkpoint a training stage resumes from: ``step_obj`` is a :class:`sseg.training.TrainingStep`
+    (its model, optimizer, scheduler, kind, model name and config)."""
+    return save_checkpoint(directory, model=step_obj.model, model_config=step_obj.model_config,
+                           kind=step_obj.kind, model_name=step_obj.model_name, optimizer=step_obj.optimizer,
+                           scheduler=step_obj.scheduler, step=step, epoch=position.epoch, extra=extra,
+                           data_position=position)
+
+
+def data_position_of(state: dict) -> DataPosition:
+    """The data position of a loaded checkpoint; one written before positions were saved resumes at the
+    start of its epoch (what the loop did then)."""
+    saved = state.get("data_position")
+    if not saved:
+        return DataPosition(epoch=int(state.get("epoch", 0)))
+    return DataPosition(epoch=int(saved["epoch"]), batches_in_epoch=int(saved["batches_in_epoch"]),
+                        samples_seen=int(saved["samples_seen"]))
+
+
+def restore_training_state(path: str | Path, step_obj, map_location="cpu") -> tuple[int, DataPosition]:
+    """Load model, optimizer and scheduler state into ``step_obj`` (before any DDP wrapping); returns the
+    step counter and the data position to continue from. Refuses a checkpoint of another kind or model."""
+    state = load_checkpoint(path, map_location=map_location, kinds=[step_obj.kind])
+    check_model_config(state, step_obj.model_config, "being resumed", step_obj.model_name)
+    model = step_obj.model.module if hasattr(step_obj.model, "module") else step_obj.model
+    model.load_state_dict(state["model"])
+    if state.get("optimizer") is None or state.get("scheduler") is None:
+        raise CheckpointError(f"checkpoint {path} has no optimizer/scheduler state: it cannot be resumed")
+    step_obj.optimizer.load_state_dict(state["optimizer"])
+    step_obj.scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"]), data_position_of(state)
 
 
 # Research-only model fields that older checkpoints carry; at these values the model is today's.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -9,13 +10,28 @@ from pathlib import Path
 FAULT_STEP = 3
 
 
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """The steps of the checkpoints Ray Train has persisted under a run directory."""
+    from sseg.checkpoints import CHECKPOINT_FILE, load_checkpoint
+
+    steps = []
+    for path in Path(run_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}"):
+        try:
+            steps.append(int(load_checkpoint(path)["step"]))
+        except Exception:  # noqa: BLE001 - one being written or deleted right now
+            continue
+    return sorted(steps)
+
+
 def exit_once_at_step_3(event: dict) -> None:
-    """The rank-0 worker process dies abruptly (no cleanup) the first time it finishes step 3."""
+    """The rank-0 worker process dies abruptly (no cleanup) the first time it finishes step 3. The
+    marker file records the step and the checkpoints on disk at that moment (what a resume must use)."""
     marker = Path(event["run_dir"]) / "fault_injected"
     if event["rank"] == 0 and event["step"] == FAULT_STEP and not marker.exists():
-        marker.write_text(str(event["step"]))
         # Ray Train's controller registers a reported checkpoint when it next polls the workers; give it
         # that poll, so the test checks our resume and not that race
         time.sleep(float(os.environ.get("SSEG_TEST_FAULT_DELAY_S", "5")))
+        marker.write_text(json.dumps({"step": event["step"],
+                                      "checkpoint_steps": checkpoint_steps(event["run_dir"])}))
         print(f"[test] fault injection: worker exits after step {event['step']}", flush=True)
         os._exit(1)

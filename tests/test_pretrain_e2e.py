@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,8 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(ray_session, workdir):
     """One run whose rank-0 worker dies abruptly at step 3: Ray Train restarts it from the step-2
-    checkpoint and the run still ends at the planned step 6, logging into the same MLflow run."""
+    checkpoint and the run still ends at the planned step 8, logging into the same MLflow run. 96
+    samples / 16 per batch: steps 1-6 are epoch 0, steps 7-8 epoch 1."""
     import os
     import io
     import contextlib
@@ -49,7 +51,7 @@ def trained(ray_session, workdir):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     out = io.StringIO()
     try:
-        cfg = load_config(PretrainConfig, None, TINY + ["train.steps=6", "train.weight_words=1",
+        cfg = load_config(PretrainConfig, None, TINY + ["train.steps=8", "train.weight_words=1",
                                                         "tracking.run_name=faulty"])
         with contextlib.redirect_stdout(out):
             result = run_pretrain(cfg, callbacks=["tests.fault_hooks:exit_once_at_step_3"])
@@ -59,18 +61,40 @@ def trained(ray_session, workdir):
     return result
 
 
+def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value, in logging order."""
+    history = client.get_metric_history(run_id, key)
+    return [(m.step, m.value) for m in sorted(history, key=lambda m: (m.timestamp, m.step))]
+
+
 def test_worker_death_resumes_from_checkpoint_in_same_mlflow_run(trained, workdir):
     from mlflow.tracking import MlflowClient
 
-    assert (workdir / "runs" / "faulty" / "fault_injected").read_text() == "3"
-    assert trained["steps"] == 6
+    from sseg.training import cosine_with_warmup
+
+    fault = json.loads((workdir / "runs" / "faulty" / "fault_injected").read_text())
+    assert fault["step"] == 3 and fault["checkpoint_steps"] == [2]  # the step-2 checkpoint, and no later one
+    assert trained["steps"] == 8
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     run = client.get_run(trained["mlflow_run_id"])
     assert run.info.status == "FINISHED"
-    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train.loss"))
-    # logged at 2 before the failure, then 4 and 6 after resuming from the step-2 checkpoint; a restart
-    # from step 0 would log step 2 twice
-    assert steps == [2, 4, 6]
+    # the restarted worker restored the step of the checkpoint it resumed from
+    assert _history(client, run.info.run_id, "train.resumed_from_step") == [(2, 2.0)]
+    # logged at 2 before the failure, then 4, 6, 8 after resuming; a restart from step 0 would log 2 twice
+    assert [s for s, _ in _history(client, run.info.run_id, "train.loss")] == [2, 4, 6, 8]
+    # the data position: the resumed epoch 0 skipped the 2 batches it had trained on, so it ended at step
+    # 6 as in an uninterrupted run (replaying them would keep steps 7-8 in epoch 0)
+    assert _history(client, run.info.run_id, "train.epoch") == [(2, 0), (4, 0), (6, 0), (8, 1)]
+    assert _history(client, run.info.run_id, "train.samples_seen") == [(2, 32), (4, 64), (6, 96), (8, 128)]
+    # the scheduler: the learning rate after the restart follows the schedule of the uninterrupted run
+    base_lr = float(run.data.params["train.lr"])
+    schedule = cosine_with_warmup(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr), 8, 1)
+    expected_lr = {}
+    for step in range(1, 9):
+        schedule.step()
+        expected_lr[step] = schedule.get_last_lr()[0]
+    assert [(s, pytest.approx(v, rel=1e-6)) for s, v in _history(client, run.info.run_id, "train.lr")] == \
+        [(s, pytest.approx(expected_lr[s], rel=1e-6)) for s in (2, 4, 6, 8)]
     assert run.data.tags["sseg.stage"] == "pretrain"
     assert "pooled" in run.data.tags["sseg.deviation"]  # every deviation is named
     assert "mean of its words" in run.data.tags["sseg.deviation"]
@@ -88,9 +112,16 @@ def test_resume_flag_continues_a_stopped_run(ray_session, trained, workdir, monk
 
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-    assert main(TINY + ["train.steps=8", "eval.labeled_split=null", "--resume", "faulty"]) == 0
+    assert main(TINY + ["train.steps=10", "eval.labeled_split=null", "--resume", "faulty"]) == 0
     resumed = _last_json(capsys)
-    assert resumed["steps"] == 8 and resumed["mlflow_run_id"] == trained["mlflow_run_id"]
+    assert resumed["steps"] == 10 and resumed["mlflow_run_id"] == trained["mlflow_run_id"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    # continued from the run's final step-8 checkpoint: one more logged step, none logged twice
+    assert _history(client, trained["mlflow_run_id"], "train.resumed_from_step") == [(2, 2.0), (8, 8.0)]
+    assert [s for s, _ in _history(client, trained["mlflow_run_id"], "train.loss")] == [2, 4, 6, 8, 10]
+    assert client.get_run(trained["mlflow_run_id"]).info.status == "FINISHED"
 
 
 def test_resume_with_another_model_config_is_refused(ray_session, trained, workdir, monkeypatch):

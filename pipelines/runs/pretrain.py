@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pipelines.io.runtime import init_ray
 from pipelines.tracking import tracked_run
-from pipelines.training.loop import LoopSettings, make_trainer
+from pipelines.training.loop import (LoopSettings, data_stage_names, describe_stall, fit_watched, make_trainer,
+                                     plan_worker_cpus, start_progress_monitor)
 from schemas.configs import PretrainConfig, PseudoMaskJobConfig
 from sseg.checkpoints import CHECKPOINT_FILE
 from sseg.config import config_hash, flatten
@@ -70,6 +71,7 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks: list
         check_class_names_encodable(list(reader.class_names), cfg.eval.templates, cfg.model.context_length)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     _check_resources(cfg)
+    cpus_per_worker = _plan_cpus(cfg)
     run_name, info = _run_identity(cfg, resume)
     run_dir = Path(cfg.storage_path).resolve() / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -118,10 +120,10 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks: list
             config=cfg.model_dump(mode="json"), total_steps=total_steps, warmup_steps=warmup_steps,
             global_batch_size=cfg.train.global_batch_size, log_every=cfg.train.log_every,
             checkpoint_every=cfg.train.checkpoint_every, shuffle_buffer=cfg.train.shuffle_buffer,
-            threads=int(cfg.train.threads_per_worker or max(1, int(cfg.train.cpus_per_worker))),
+            threads=int(cfg.train.threads_per_worker or max(1, int(cpus_per_worker))),
             mlflow_run_id=tracker.run_id, tracking_uri=tracker.tracking_uri, run_dir=str(run_dir),
             callbacks=list(callbacks or []))
-        summary = fit(settings, dataset, cfg, run_name, run_dir)
+        summary = fit(settings, dataset, cfg, run_name, run_dir, cpus_per_worker)
         tracker.log_artifact(Path(summary["checkpoint"]) / CHECKPOINT_FILE, "checkpoints/final")
         if cfg.eval.labeled_split:
             from pipelines.runs.pretrain_eval import evaluate_pretraining
@@ -149,17 +151,39 @@ def pretrain_deviations(cfg: PretrainConfig) -> list[str]:
     return deviations
 
 
-def fit(settings: LoopSettings, dataset, cfg: PretrainConfig, run_name: str, run_dir: Path) -> dict:
-    """Run the Ray Train fit; one-line errors for a failed run, a NaN stop or a missing checkpoint."""
+def fit(settings: LoopSettings, dataset, cfg: PretrainConfig, run_name: str, run_dir: Path,
+        cpus_per_worker: float | None = None) -> dict:
+    """Run the Ray Train fit; one-line errors for a failed run, a stall, a NaN stop or a missing checkpoint."""
+    import uuid
+
+    import ray
+
+    monitor = None
+    if cfg.train.stall_timeout_s:
+        settings.progress_actor = f"sseg-progress-{run_name}-{uuid.uuid4().hex[:8]}"
+        monitor = start_progress_monitor(settings.progress_actor)
     trainer = make_trainer(settings, dataset, run_name=run_name, storage_path=cfg.storage_path,
                            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                           cpus_per_worker=cfg.train.cpus_per_worker, max_failures=cfg.train.max_failures,
-                           checkpoints_to_keep=cfg.train.checkpoints_to_keep)
+                           cpus_per_worker=cpus_per_worker or cfg.train.cpus_per_worker,
+                           max_failures=cfg.train.max_failures, checkpoints_to_keep=cfg.train.checkpoints_to_keep)
+    worker_resources = {"CPU": cpus_per_worker or cfg.train.cpus_per_worker or 1.0,
+                        **({"GPU": 1} if cfg.train.use_gpu else {})}
+    stages = data_stage_names(dataset)
+
+    def describe(snapshot: dict) -> str:
+        return describe_stall(snapshot, cfg.train.stall_timeout_s, data_stages=stages,
+                              num_workers=cfg.train.num_workers, worker_resources=worker_resources)
+
     started = time.perf_counter()
     try:
-        result = trainer.fit()
+        result = fit_watched(trainer, monitor, cfg.train.stall_timeout_s, describe)
+    except SsegError:
+        raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; keep the first line
         raise SsegError(f"training failed: {_first_line(exc)} (checkpoints kept in {run_dir})") from None
+    finally:
+        if monitor is not None:
+            ray.kill(monitor)
     metrics = result.metrics or {}
     if metrics.get("nan_stop"):
         raise SsegError(f"training stopped: non-finite loss at step {int(metrics.get('step', -1))}; "
@@ -188,6 +212,26 @@ def _schedule(cfg: PretrainConfig, num_samples: int | None) -> tuple[int, int]:
         raise SsegError(f"only {num_samples} training samples: fewer than train.global_batch_size="
                         f"{cfg.train.global_batch_size}")
     return total, min(warmup, total)
+
+
+def _plan_cpus(cfg: PretrainConfig) -> float:
+    """CPUs per training worker leaving ``train.data_cpus`` (plus the CPU pseudo-mask actors of the stream
+    source) to the data stages; a one-line error when an explicit ``train.cpus_per_worker`` leaves none.
+    An autoscaling cluster may add nodes, so there the request stands as given."""
+    import os
+
+    import ray
+
+    if os.environ.get("SSEG_AUTOSCALING_CLUSTER", "0") == "1":
+        return cfg.train.cpus_per_worker or 1.0
+    data_cpus = cfg.train.data_cpus
+    if cfg.pseudo_mask_source == "stream" and not cfg.pool.gpus_per_actor:
+        data_cpus += cfg.pool.num_actors  # each CPU pseudo-mask actor holds one CPU while training runs
+    cpus, note = plan_worker_cpus(cfg.train.num_workers, cfg.train.cpus_per_worker, data_cpus,
+                                  float(ray.cluster_resources().get("CPU", 0)))
+    if note:
+        print(f"[sseg] {note}", flush=True)
+    return cpus
 
 
 def _check_resources(cfg: PretrainConfig) -> None:

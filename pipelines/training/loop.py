@@ -6,20 +6,27 @@ plain PyTorch) from the job config. The loop owns everything distributed and ope
 
 * the worker's Ray Data shard, with every worker stopping at the same batch count (DDP would hang
   on a worker that has one batch more than another);
-* resume from the latest checkpoint (Ray Train restarts the workers after a failure, FailureConfig),
+* resume from the latest checkpoint (Ray Train restarts the workers after a failure, FailureConfig):
+  model, optimizer, scheduler, step and data position (``sseg.checkpoints.DataPosition``: the resumed
+  epoch skips the batches it had already trained on), logged as ``train.resumed_from_step``;
   a checkpoint every ``checkpoint_every`` steps and at the end, rank 0 writing it;
 * a non-finite loss stops every worker and keeps the last good checkpoint;
 * rank-0 MLflow metrics, a progress line and images/s every ``log_every`` steps;
 * ``callbacks``: importable functions called after every step with a small event dict; an extension
-  point (tests inject faults through it, from the test side).
+  point (tests inject faults through it, from the test side);
+* stall detection: every worker tells a small progress actor when it waits for data and when it runs
+  a step; :func:`fit_watched` stops the run with a message naming the starved stage when nothing has
+  moved for ``stall_timeout_s``.
 """
 
 from __future__ import annotations
 
+import _thread
 import importlib
 import logging
 import math
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -47,6 +54,7 @@ class LoopSettings:
     tracking_uri: str
     run_dir: str
     callbacks: list[str] = field(default_factory=list)
+    progress_actor: str | None = None  # name of the ProgressMonitor actor (stall detection), if any
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,12 +98,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ray.train import Checkpoint
 
     from pipelines.tracking import Tracker
-    from sseg.checkpoints import check_model_config, load_checkpoint, save_checkpoint
+    from sseg.checkpoints import DataPosition, restore_training_state, save_training_state
 
     settings = LoopSettings(**loop_config)
     _quiet_report_log()
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
+    beat = _heartbeat(settings.progress_actor, rank)
+    beat(0, "starting")
     torch.set_num_threads(settings.threads)
     device = ray.train.torch.get_device()
     build: Callable = import_object(settings.step_builder)
@@ -103,18 +113,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
                      total_steps=settings.total_steps, warmup_steps=settings.warmup_steps)
     callbacks = [import_object(path) for path in settings.callbacks]
 
-    step, epoch = 0, 0
+    step, position = 0, DataPosition()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = load_checkpoint(directory, map_location=device, kinds=[step_obj.kind])
-            check_model_config(state, step_obj.model_config, "being resumed", step_obj.model_name)
-            step_obj.model.load_state_dict(state["model"])
-            step_obj.optimizer.load_state_dict(state["optimizer"])
-            step_obj.scheduler.load_state_dict(state["scheduler"])
-            step, epoch = int(state["step"]), int(state["epoch"])
+            step, position = restore_training_state(directory, step_obj, map_location=device)
         if rank == 0:
-            print(f"[sseg] resumed from checkpoint at step {step} (epoch {epoch})", flush=True)
+            print(f"[sseg] resumed from checkpoint at step {step} (epoch {position.epoch}, "
+                  f"{position.batches_in_epoch} batches into it, {position.samples_seen} samples seen)",
+                  flush=True)
+    epoch, skip_batches, samples_seen = position.epoch, position.batches_in_epoch, position.samples_seen
+    if step and not samples_seen:  # a checkpoint written before data positions were saved
+        samples_seen = step * settings.global_batch_size
     core_model = step_obj.model
     if world_size > 1:
         step_obj.model = ray.train.torch.prepare_model(
@@ -122,16 +132,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     tracker = Tracker("unused", run_id=settings.mlflow_run_id, enabled=rank == 0,
                       tracking_uri=settings.tracking_uri)
+    if checkpoint is not None:
+        tracker.log_metrics({"train.resumed_from_step": step}, step=step)
     local_batch = settings.global_batch_size // world_size
     shard = ray.train.get_dataset_shard("train")
 
     def report(metrics: dict, save: bool) -> None:
         if save and rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, model=core_model, model_config=step_obj.model_config,
-                                kind=step_obj.kind, model_name=step_obj.model_name,
-                                optimizer=step_obj.optimizer, scheduler=step_obj.scheduler, step=step,
-                                epoch=epoch, extra={"mlflow_run_id": settings.mlflow_run_id})
+                save_training_state(tmp, step_obj, step=step,
+                                    position=DataPosition(epoch, steps_this_epoch, samples_seen),
+                                    extra={"mlflow_run_id": settings.mlflow_run_id})
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics, checkpoint=None)
@@ -142,10 +153,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                           local_shuffle_buffer_size=settings.shuffle_buffer or None,
                                           prefetch_batches=2))
         steps_this_epoch = 0
+        if skip_batches:  # resumed mid-epoch: drop the batches this epoch has already trained on
+            beat(step, "data")
+            while steps_this_epoch < skip_batches and next(batches, None) is not None:
+                steps_this_epoch += 1
+            skip_batches = 0
         while step < settings.total_steps:
+            beat(step, "data")
             batch = next(batches, None)
             if not _all_true(batch is not None, device):
                 break
+            beat(step, "step")
             metrics = step_obj.run(batch)
             if not _all_true(math.isfinite(metrics["loss"]), device):
                 report({"step": step, "nan_stop": 1.0}, save=False)
@@ -155,6 +173,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 return
             step += 1
             steps_this_epoch += 1
+            samples_seen += local_batch * world_size
             window_images += local_batch * world_size
             for callback in callbacks:
                 callback({"step": step, "rank": rank, "world_size": world_size, "run_dir": settings.run_dir,
@@ -163,6 +182,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 elapsed = time.perf_counter() - window_start
                 metrics["images_per_s"] = window_images / max(elapsed, 1e-9)
                 metrics["epoch"] = epoch
+                metrics["samples_seen"] = samples_seen
                 tracker.log_metrics({f"train.{k}": v for k, v in metrics.items()}, step=step)
                 if rank == 0:
                     print(_progress_line(step, settings.total_steps, metrics, step_obj.progress_keys),
@@ -179,7 +199,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 def make_trainer(settings: LoopSettings, dataset, *, run_name: str, storage_path: str, num_workers: int,
-                 use_gpu: bool, cpus_per_worker: float, max_failures: int, checkpoints_to_keep: int):
+                 use_gpu: bool, cpus_per_worker: float | None, max_failures: int, checkpoints_to_keep: int):
+    """``cpus_per_worker``: None means 1 (use :func:`plan_worker_cpus` to fit it to the cluster)."""
     from pathlib import Path
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -190,12 +211,171 @@ def make_trainer(settings: LoopSettings, dataset, *, run_name: str, storage_path
         train_loop_config=settings.to_dict(),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker,
+                                     resources_per_worker={"CPU": 1.0 if cpus_per_worker is None
+                                                           else cpus_per_worker,
                                                            **({"GPU": 1} if use_gpu else {})}),
         run_config=RunConfig(
             name=run_name, storage_path=str(Path(storage_path).resolve()),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_to_keep),
+            # Ray Train would also send every print of a worker through its logger, which writes it to
+            # the worker's stderr while the print itself still reaches stdout: each progress line
+            # appeared twice on the driver's console. Plain prints, forwarded once by Ray.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
         datasets={"train": dataset},
     )
+
+
+# ---- CPU for the data stages, and stall detection ------------------------------------------------------
+
+
+def plan_worker_cpus(num_workers: int, cpus_per_worker: float | None, data_cpus: float,
+                     cluster_cpus: float, *, field: str = "train") -> tuple[float, str | None]:
+    """CPUs per training worker that leave ``data_cpus`` of the cluster to the Ray Data stages feeding
+    training (Ray Data only gets what the training workers do not hold; with nothing left the stream
+    stops and training waits forever). ``cpus_per_worker`` None: 1, lowered to fit (returns a note
+    saying so). Given explicitly and not fitting: a one-line :class:`SsegError`."""
+    from sseg.errors import SsegError
+
+    room = cluster_cpus - data_cpus
+    if cpus_per_worker is not None:
+        if num_workers * cpus_per_worker <= room + 1e-9:
+            return cpus_per_worker, None
+        fit = math.floor(room / num_workers * 100) / 100
+        hint = (f"set {field}.cpus_per_worker={fit:g} or leave it unset" if fit > 0
+                else f"use fewer workers, a smaller {field}.data_cpus or a larger cluster")
+        raise SsegError(f"{field}.num_workers={num_workers} x {field}.cpus_per_worker={cpus_per_worker:g} CPU "
+                        f"leave {max(cluster_cpus - num_workers * cpus_per_worker, 0):g} of the cluster's "
+                        f"{cluster_cpus:g} CPU for the data stages that feed training, which need "
+                        f"{field}.data_cpus={data_cpus:g}: training would wait forever; {hint}")
+    if num_workers <= room + 1e-9:
+        return 1.0, None
+    fit = math.floor(room / num_workers * 100) / 100
+    if fit <= 0:
+        raise SsegError(f"the cluster's {cluster_cpus:g} CPU cannot hold {num_workers} training worker(s) and "
+                        f"{field}.data_cpus={data_cpus:g} CPU for the data stages that feed them; use fewer "
+                        f"workers, a smaller {field}.data_cpus or a larger cluster")
+    return fit, (f"{num_workers} training workers get {fit:g} CPU each, keeping {data_cpus:g} of the cluster's "
+                 f"{cluster_cpus:g} CPU for the data stages ({field}.cpus_per_worker to choose)")
+
+
+class ProgressMonitor:
+    """Runs as a Ray actor (0 CPU): the workers tell it each phase change, the driver polls it."""
+
+    def __init__(self):
+        self.started = self.last_change = time.time()
+        self.workers: dict[int, tuple[int, str, float]] = {}  # rank -> (step, phase, since)
+
+    def beat(self, rank: int, step: int, phase: str) -> None:
+        now = time.time()
+        self.workers[rank] = (step, phase, now)
+        self.last_change = now
+
+    def snapshot(self) -> dict:
+        return {"now": time.time(), "started": self.started, "last_change": self.last_change,
+                "workers": dict(self.workers)}
+
+
+def start_progress_monitor(name: str):
+    """The named :class:`ProgressMonitor` actor for one run (``LoopSettings.progress_actor = name``)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(ProgressMonitor).options(name=name, namespace="sseg",
+                                                            lifetime="non_detached").remote()
+
+
+def _heartbeat(name: str | None, rank: int) -> Callable[[int, str], None]:
+    if not name:
+        return lambda step, phase: None
+    import ray
+
+    actor = ray.get_actor(name, namespace="sseg")
+    last = [None]
+
+    def beat(step: int, phase: str) -> None:
+        if last[0] != (step, phase):
+            last[0] = (step, phase)
+            actor.beat.remote(rank, step, phase)  # fire and forget
+
+    return beat
+
+
+def data_stage_names(dataset) -> str:
+    """``ReadParquet → MapBatches(CropCachedSamples)``: the operators of a Ray Dataset, in order."""
+    try:
+        names, op = [], dataset._logical_plan.dag
+        while op is not None:
+            names.append(op.name)
+            op = op.input_dependencies[0] if op.input_dependencies else None
+        return " → ".join(reversed(names))
+    except Exception:  # noqa: BLE001 - private API; the message stays useful without the names
+        return "the Ray Data stages"
+
+
+def describe_stall(snapshot: dict, timeout_s: float, *, data_stages: str, num_workers: int,
+                   worker_resources: dict) -> str:
+    """One line: how long nothing moved, what every worker was doing, and where the CPUs are."""
+    import ray
+
+    now, workers = snapshot["now"], snapshot["workers"]
+    idle = now - snapshot["last_change"]
+    total, free = ray.cluster_resources(), ray.available_resources()
+    cpus = (f"the cluster has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPU free, the {num_workers} "
+            f"training worker(s) asked for {num_workers * worker_resources.get('CPU', 0):g}")
+    waiting = [r for r, (_, phase, _) in workers.items() if phase == "data"]
+    stepping = [r for r, (_, phase, _) in workers.items() if phase == "step"]
+    if len(workers) < num_workers and not stepping and not waiting:
+        what = (f"{num_workers - len(workers)} of {num_workers} training worker(s) never started (each needs "
+                f"{worker_resources}; the cluster cannot place them)")
+    elif waiting and not stepping:
+        step = max(workers[r][0] for r in waiting)
+        what = (f"every training worker has waited {now - max(workers[r][2] for r in waiting):.0f} s for its "
+                f"next batch after step {step}: the data stages feeding training are starved ({data_stages})")
+    elif stepping:
+        rank = min(stepping, key=lambda r: workers[r][2])
+        what = (f"rank {rank} has been in its training step {now - workers[rank][2]:.0f} s at step "
+                f"{workers[rank][0]} (waiting in a collective for a worker that is not there?); "
+                f"{len(waiting)} worker(s) wait for data ({data_stages})")
+    else:
+        what = "the training workers are still starting (building the model, joining the process group)"
+    return (f"no training progress for {idle:.0f} s (train.stall_timeout_s={timeout_s:g}): {what}; {cpus}")
+
+
+def fit_watched(trainer, monitor, stall_timeout_s: float | None, describe: Callable[[dict], str]):
+    """``trainer.fit()``, stopped with a one-line :class:`SsegError` (``describe(snapshot)``) when no
+    worker changes phase for ``stall_timeout_s`` seconds. None/0: no watch."""
+    import ray
+
+    from sseg.errors import SsegError
+
+    if not stall_timeout_s or monitor is None:
+        return trainer.fit()
+    stalled: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(min(5.0, max(0.5, stall_timeout_s / 10))):
+            try:
+                snapshot = ray.get(monitor.snapshot.remote(), timeout=30)
+            except Exception:  # noqa: BLE001 - a slow poll is no stall; try again
+                continue
+            if snapshot["now"] - snapshot["last_change"] >= stall_timeout_s:
+                stalled.append(describe(snapshot))
+                print(f"[sseg] {stalled[0]}; stopping the run", flush=True)
+                _thread.interrupt_main()  # Ray Train's SIGINT handler aborts the run gracefully
+                return
+
+    watcher = threading.Thread(target=watch, name="sseg-stall-watch", daemon=True)
+    watcher.start()
+    try:
+        result = trainer.fit()
+    except BaseException:  # KeyboardInterrupt, or SystemExit from Ray Train's SIGINT handler
+        if stalled:
+            raise SsegError(stalled[0]) from None
+        raise
+    finally:
+        done.set()
+    if stalled:
+        raise SsegError(stalled[0])
+    return result
