@@ -37,3 +37,23 @@ def check_schema(actual: pa.Schema, expected: pa.Schema, source: str) -> None:
             raise DataError(f"{source}: missing column '{field.name}' (expected {expected.metadata[b'sseg.schema'].decode()} schema)")
         if not actual.field(idx).type.equals(field.type):
             raise DataError(f"{source}: column '{field.name}' has type {actual.field(idx).type}, expected {field.type}")
+
+# One row per target train image of the S-Seg+ pseudo-label cache (pipelines/io/pseudo_label_cache.py):
+# written by the pseudo-labelling stage, read by the self-training data stage. One Parquet file per chunk.
+PSEUDO_LABEL_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("index", pa.int32(), nullable=False),  # position in the target split's image list
+        pa.field("chunk", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        # The image the labels were predicted on, lossless (PNG), so training needs no join.
+        pa.field("image", pa.binary(), nullable=False),
+        # Class ids into the cache's class list (uint8 PNG, height×width): the S-Seg prediction.
+        pa.field("label_png", pa.binary(), nullable=False),
+        # The prediction's confidence (its normalised class probability) × 255, rounded (uint8 PNG).
+        pa.field("confidence_png", pa.binary(), nullable=False),
+        pa.field("cache_key", pa.string(), nullable=False),
+    ],
+    metadata={b"sseg.schema": b"pseudo_labels", b"sseg.schema_version": SCHEMA_VERSION.encode()},
+)

@@ -206,7 +206,10 @@ def build_text_classifier(model: nn.Module, classes: Any, templates: str | Seque
                           tokenizer: Tokenizer | None = None, device: torch.device | str | None = None,
                           batch_size: int = 256) -> TextClassifier:
     """Encode every (concept, template) prompt; a concept's embedding is the renormalised mean
-    of its unit-normalised template embeddings (CLIP's zero-shot prompt ensemble)."""
+    of its unit-normalised template embeddings (CLIP's zero-shot prompt ensemble). A closed-vocabulary
+    model (``model.closed_vocabulary``, e.g. S-Seg+) gets :func:`closed_vocabulary_classifier` instead."""
+    if getattr(model, "closed_vocabulary", False):
+        return closed_vocabulary_classifier(model, classes, device)
     definitions: list[ClassDefinition] = parse_class_definitions(classes)
     template_list = resolve_templates(templates)
     device = torch.device(device) if device is not None else model_device(model)
@@ -228,6 +231,34 @@ def build_text_classifier(model: nn.Module, classes: Any, templates: str | Seque
         concept_to_class=torch.tensor(concept_to_class, dtype=torch.long, device=device),
         templates=template_list,
     )
+
+
+def closed_vocabulary_classifier(model: nn.Module, classes: Any,
+                                 device: torch.device | str | None = None) -> TextClassifier:
+    """The requested classes mapped onto the classes a closed-vocabulary model was trained on
+    (``model.class_names``; S-Seg+, ``sseg/models/upernet.py``): each concept (or the class's own name)
+    that equals a trained class name, case-insensitively, is a one-hot row of ``embeddings`` over the
+    trained classes. No text is encoded; templates do not apply. A requested class none of whose
+    names the model was trained on is a one-line ConfigError naming it and the trained classes."""
+    definitions: list[ClassDefinition] = parse_class_definitions(classes)
+    trained = [str(n) for n in model.class_names]
+    index = {n.lower(): i for i, n in enumerate(trained)}
+    concepts, concept_to_class = [], []
+    for class_id, definition in enumerate(definitions):
+        names = [c for c in dict.fromkeys([definition.name, *definition.concepts]) if c.lower() in index]
+        if not names:
+            raise ConfigError(f"class {definition.name!r} is not one this closed-vocabulary model was trained on "
+                              f"(it segments only: {', '.join(trained)})")
+        for name in dict.fromkeys(trained[index[n.lower()]] for n in names):
+            concepts.append(name)
+            concept_to_class.append(class_id)
+    device = torch.device(device) if device is not None else model_device(model)
+    embeddings = torch.zeros(len(concepts), len(trained), device=device)
+    for row, name in enumerate(concepts):
+        embeddings[row, index[name.lower()]] = 1.0
+    return TextClassifier(class_names=[d.name for d in definitions], concepts=concepts, embeddings=embeddings,
+                          concept_to_class=torch.tensor(concept_to_class, dtype=torch.long, device=device),
+                          templates=())
 
 
 # ----------------------------------------------------------------------------- mask side
@@ -407,6 +438,9 @@ class Segmenter:
         divisor = self.cfg.size_divisor
         pad_h, pad_w = (-h) % divisor, (-w) % divisor
         padded = F.pad(windows, (0, pad_w, 0, pad_h)) if pad_h or pad_w else windows
+        per_pixel = getattr(self.model, "segment_scores", None)
+        if callable(per_pixel):  # a per-pixel open-vocabulary model (SemiVL): class probabilities
+            return per_pixel(padded, self.classifier)[..., :h, :w].float()
         out = self.model.encode_image(padded)
         if not isinstance(out, dict) or "pred_masks" not in out or "mask_features" not in out:
             raise SsegError("model.encode_image must return a dict with 'pred_masks' and 'mask_features'")

@@ -43,6 +43,48 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+
+def poly_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, power: float = 1.0,
+                     warmup_ratio: float = 1e-6, min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """mmcv's poly schedule with linear warmup (BEiT's UperNet configs: power 1.0, min_lr 0, warmup_ratio
+    1e-6): ``lr(i) = base · [(1 - min) · (1 - i/T)^power + min]``, times ``1 - (1 - i/W)(1 - warmup_ratio)``
+    for ``i < W``. A factor of each group's own lr, so layer-wise lr scales are kept."""
+    def factor(step: int) -> float:
+        progress = min(1.0, step / max(1, total_steps))
+        value = (1.0 - min_lr_ratio) * (1.0 - progress) ** power + min_lr_ratio
+        if step < warmup_steps:
+            value *= 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_ratio)
+        return value
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def layer_decay_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float,
+                             layer_id, num_layers: int, no_weight_decay=None) -> list[dict]:
+    """Parameter groups with layer-wise lr decay (BEiT's ``LayerDecayOptimizerConstructor``): a parameter
+    of layer ``layer_id(name)`` in ``[0, num_layers)`` gets ``lr · layer_decay ** (num_layers - 1 - id)``
+    (the last layer, the head, the full lr); ``no_weight_decay(name, param)`` (default: 1-D parameters and
+    biases) selects the parameters without weight decay. Each group records ``lr_scale`` and ``layer_id``."""
+    if no_weight_decay is None:
+        no_weight_decay = lambda name, param: param.ndim < 2 or name.endswith(".bias")  # noqa: E731
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = int(layer_id(name))
+        if not 0 <= layer < num_layers:
+            raise ValueError(f"layer id {layer} of {name} is outside [0, {num_layers})")
+        decay = not no_weight_decay(name, param)
+        key = (layer, decay)
+        if key not in groups:
+            scale = layer_decay ** (num_layers - 1 - layer)
+            groups[key] = {"params": [], "names": [], "layer_id": layer, "lr_scale": scale, "lr": lr * scale,
+                           "weight_decay": weight_decay if decay else 0.0}
+        groups[key]["params"].append(param)
+        groups[key]["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
 @dataclass
 class Batch:
     images: torch.Tensor  # float [B,3,H,W], normalised

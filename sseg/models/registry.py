@@ -42,6 +42,10 @@ def _ensure_builtin() -> None:
         from sseg.models.sseg_model import SSegModel
 
         register_model("sseg", ModelConfig, SSegModel, segments=True)
+    if "upernet_vit" not in _REGISTRY:  # S-Seg+ (closed vocabulary over its config's class_names)
+        from sseg.models.upernet import UperNetConfig, UperNetViT
+
+        register_model("upernet_vit", UperNetConfig, UperNetViT, segments=True)
 
 
 def model_entry(name: str) -> ModelEntry:

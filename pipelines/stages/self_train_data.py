@@ -1,0 +1,52 @@
+"""S-Seg+ training data: the pseudo-label cache → (image, label) crops as a Ray Dataset.
+
+Pixels whose pseudo-label confidence is below the threshold become the ignore index (255) before the crop;
+image and label get the same random resized crop and horizontal flip (``sseg.data.transforms``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+
+from pipelines.stages.pseudo_labels import decode_png
+from sseg.data.transforms import random_resized_crop
+from sseg.models.upernet import IGNORE_INDEX
+
+
+class CropPseudoLabels:
+    """map_batches: cache rows → {"image" uint8 [B,S,S,3], "label" uint8 [B,S,S]} (255 = ignored)."""
+
+    def __init__(self, size: int, crop_scale: tuple[float, float], threshold: float, hflip: bool = True,
+                 seed: int | None = None):
+        self.size = size
+        self.crop_scale = tuple(crop_scale)
+        self.threshold_u8 = int(np.ceil(threshold * 255 - 1e-9))
+        self.hflip = hflip
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, batch: dict) -> dict:
+        images, labels = [], []
+        for image_png, label_png, confidence_png in zip(batch["image"], batch["label_png"], batch["confidence_png"]):
+            image = decode_png(image_png)
+            label = decode_png(label_png).copy()
+            label[decode_png(confidence_png) < self.threshold_u8] = IGNORE_INDEX
+            image, label = random_resized_crop(image, self.size, self.rng, labels=label, scale=self.crop_scale,
+                                               hflip=self.hflip)
+            images.append(image)
+            labels.append(label)
+        n = len(images)
+        return {"image": np.stack(images) if n else np.zeros((0, self.size, self.size, 3), np.uint8),
+                "label": np.stack(labels) if n else np.zeros((0, self.size, self.size), np.uint8)}
+
+
+def self_train_dataset(files: list[str], size: int, crop_scale: tuple[float, float], threshold: float,
+                       hflip: bool = True, batch_size: int = 64) -> ray.data.Dataset:
+    ds = ray.data.read_parquet(files, shuffle="files").select_columns(["image", "label_png", "confidence_png"])
+    return ds.map_batches(CropPseudoLabels(size, crop_scale, threshold, hflip), batch_size=batch_size,
+                          batch_format="numpy", compute=ray.data.TaskPoolStrategy())
+
+
+def count_rows(files: list[str]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)

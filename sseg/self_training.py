@@ -1,0 +1,79 @@
+"""S-Seg+ self-training step: UperNet-ViT trained with cross-entropy on S-Seg's pseudo-labels (plain PyTorch).
+
+Seed 004, sec. 3.3.4 / A.2 / Table 6: AdamW (lr 1e-4, wd 0.05, betas .9/.999), batch 16, poly decay with
+1.5k warmup iterations, layer-wise lr decay 0.7. The pseudo-labels arrive with low-confidence pixels already
+set to the ignore index (``pipelines/stages/self_train_data.py``); the step normalises the images, runs the
+model and the loss, and steps the optimizer and schedule. Used by the generic loop
+(``pipelines/training/loop.py``) through ``pipelines/training/self_train_step.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sseg.data.transforms import to_normalized_tensor
+from sseg.models.upernet import IGNORE_INDEX, UperNetViT, segmentation_loss
+from sseg.training import layer_decay_param_groups, poly_with_warmup
+
+SSEG_PLUS_KIND = "sseg-plus"
+SSEG_PLUS_MODEL = "upernet_vit"
+
+
+def build_sseg_plus_optimizer(model: UperNetViT, lr: float, weight_decay: float, betas: tuple[float, float],
+                              layer_decay: float) -> torch.optim.AdamW:
+    """AdamW over BEiT-style layer-decay groups (embeddings → blocks → neck + head)."""
+    groups = layer_decay_param_groups(model, lr, weight_decay, layer_decay, model.layer_id, model.num_layers,
+                                      model.no_weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+class SSegPlusStep:
+    """numpy batch {"image" uint8 [B,H,W,3], "label" uint8 [B,H,W] (255 = ignore)} → one optimizer step."""
+
+    kind = SSEG_PLUS_KIND
+    model_name = SSEG_PLUS_MODEL
+    progress_keys = (("labelled_fraction", "labelled"), ("lr", "lr"))
+
+    def __init__(self, model: UperNetViT, optimizer: torch.optim.Optimizer, scheduler: Any, model_config: dict,
+                 device: torch.device, grad_clip: float | None = None, bf16: bool = False):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.model_config = model_config
+        self.device = device
+        self.grad_clip = grad_clip
+        self.bf16 = bf16
+
+    @classmethod
+    def create(cls, model_config: dict, *, device: torch.device, lr: float, weight_decay: float,
+               betas: tuple[float, float], layer_decay: float, total_steps: int, warmup_steps: int,
+               poly_power: float = 1.0, grad_clip: float | None = None, bf16: bool = False) -> "SSegPlusStep":
+        from sseg.models.registry import create_model
+
+        model = create_model(SSEG_PLUS_MODEL, model_config).to(device)
+        optimizer = build_sseg_plus_optimizer(model, lr, weight_decay, betas, layer_decay)
+        scheduler = poly_with_warmup(optimizer, total_steps, warmup_steps, power=poly_power)
+        return cls(model, optimizer, scheduler, model_config, device, grad_clip, bf16)
+
+    def run(self, batch: dict) -> dict[str, float]:
+        images = to_normalized_tensor(torch.as_tensor(np.asarray(batch["image"]))).to(self.device, non_blocking=True)
+        labels = torch.as_tensor(np.asarray(batch["label"])).long().to(self.device, non_blocking=True)
+        self.model.train()
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(images)
+        loss = segmentation_loss(logits.float(), labels, IGNORE_INDEX)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics: dict[str, float] = {}
+        if self.grad_clip:
+            metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        metrics["loss"] = float(loss.detach())
+        metrics["lr"] = max(group["lr"] for group in self.optimizer.param_groups)
+        metrics["labelled_fraction"] = float((labels != IGNORE_INDEX).float().mean())
+        return metrics
