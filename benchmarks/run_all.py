@@ -21,7 +21,7 @@ BENCHMARKS = {
     "world": ["benchmarks/bench_world.py"],
     "kmeans": ["benchmarks/bench_kmeans.py"],
     "model_step": ["benchmarks/bench_model_step.py"],
-    "data": ["benchmarks/bench_data.py", "--images", "1000"],
+    "data": ["benchmarks/bench_data.py", "--images", "1000", "--repeats", "1"],
     "train_loop": ["benchmarks/bench_train_loop.py", "--mode", "both", "--steps", "40"],
     "eval": ["benchmarks/bench_eval.py"],
 }
