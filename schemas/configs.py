@@ -83,7 +83,7 @@ class TrainConfig(StrictModel):
     data_cpus: float = Field(default=1, ge=0)
     # No worker progress (a batch received, a step finished) for this long stops the run with a message
     # naming the starved stage and the cluster's free CPUs. None: never.
-    stall_timeout_s: float | None = Field(default=300, gt=0)
+    stall_timeout_s: float | None = Field(default=600, gt=0)
     threads_per_worker: int | None = Field(default=None, gt=0)  # torch threads; None: cpus_per_worker
     max_failures: int = Field(default=2, ge=0)
     log_every: int = Field(default=10, gt=0)
