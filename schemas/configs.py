@@ -378,7 +378,7 @@ class SelfTrainEvalConfig(StrictModel):
     segment: dict = Field(default_factory=dict)  # SegmentConfig overrides (the world: 64 px, no sliding)
     max_images: int | None = Field(default=None, gt=0)
     pictures: int = Field(default=8, ge=0)
-    num_actors: int = Field(default=2, gt=0)
+    num_actors: int = Field(default=1, gt=0)
     gpus_per_actor: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=50, gt=0)
 
@@ -389,12 +389,15 @@ class SelfTrainConfig(StrictModel):
 
     checkpoint: str | None = None  # S-Seg checkpoint path or MLflow run id; None: newest finished pretraining
     pretrain_experiment: str = "sseg-pretrain"  # where the newest finished pretraining run is looked up
+    pretrain_config: str | None = None  # YAML of the pretraining run trained when none is found; None: embedded
     world: WorldConfig | None = WorldConfig()  # generated into world_dir if absent; null for real data
     world_dir: str = "data/world"
     target: SelfTrainTargetConfig = SelfTrainTargetConfig()
     pseudo_labels: PseudoLabelConfig = PseudoLabelConfig()
     model: UperNetConfig = Field(default_factory=_tiny_plus_model)  # class_names: set from the target
-    train: SelfTrainTrainConfig = SelfTrainTrainConfig(warmup_steps=100)
+    # the CPU demo trains a randomly initialised ViT (no MAE weights offline): a larger lr and a milder layer
+    # decay than the paper's fine-tuning of MAE weights (Table 6: lr 1e-4, decay 0.7; configs/self_train_voc.yaml)
+    train: SelfTrainTrainConfig = SelfTrainTrainConfig(steps=800, lr=1e-3, layer_decay=0.9, warmup_steps=100)
     eval: SelfTrainEvalConfig = SelfTrainEvalConfig()
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()

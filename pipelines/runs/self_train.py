@@ -52,10 +52,14 @@ def resolve_parent(cfg: SelfTrainConfig) -> tuple[str, str | None]:
         if spec is None:
             from pipelines.runs.pretrain import run_pretrain
             from schemas.configs import PretrainConfig
+            from sseg.config import load_config
 
-            print(f"[sseg] no finished run in experiment '{cfg.pretrain_experiment}': training the embedded "
-                  "default S-Seg first (python jobs/pretrain.py)", flush=True)
-            spec = run_pretrain(PretrainConfig(tracking={"experiment": cfg.pretrain_experiment}))["mlflow_run_id"]
+            what = cfg.pretrain_config or "the embedded default"
+            print(f"[sseg] no finished run in experiment '{cfg.pretrain_experiment}': training an S-Seg first "
+                  f"({what}, as python jobs/pretrain.py)", flush=True)
+            pretrain = load_config(PretrainConfig, cfg.pretrain_config,
+                                   [f"tracking.experiment={cfg.pretrain_experiment}"])
+            spec = run_pretrain(pretrain)["mlflow_run_id"]
         print(f"[sseg] S-Seg checkpoint: newest finished '{cfg.pretrain_experiment}' run {spec}", flush=True)
     checkpoint = resolve_checkpoint(spec)
     run_id = spec if re.fullmatch(r"[0-9a-f]{32}", spec) else None
