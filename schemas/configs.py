@@ -233,7 +233,7 @@ class SemiVLVLMConfig(StrictModel):
 
 class SemiVLTrainConfig(StrictModel):
     steps: int = Field(default=400, gt=0)
-    batch_size: int = Field(default=8, gt=0)  # labelled + as many unlabelled images per step (paper: 8 + 8)
+    batch_size: int = Field(default=4, gt=0)  # labelled + as many unlabelled images per step (paper: 8 + 8)
     lr: float = Field(default=1e-3, gt=0)  # base lr (paper: 1e-4 VOC)
     weight_decay: float = Field(default=0.01, ge=0)
     head_lr_mult: float = Field(default=10.0, gt=0)
@@ -276,9 +276,11 @@ class SemiVLConfig(StrictModel):
     vlm: SemiVLVLMConfig = SemiVLVLMConfig()
     components: SemiVLComponents = SemiVLComponents()
     # decoder sizes etc.: fields of sseg.semivl.config.SemiVLModelConfig (vlm, sseg, decoder and
-    # num_classes are set by the run). Default: a quarter of the paper's widths for the 64-px world.
-    model: dict = Field(default_factory=lambda: {"channels": 32, "text_channels": 32, "up_channels": [16, 8],
-                                                 "skip_channels": [8, 4], "deeplab_channels": 64})
+    # num_classes are set by the run). Default: an eighth of the paper's widths, decoder at stride 8, for
+    # the 64-px world on 2 CPU cores.
+    model: dict = Field(default_factory=lambda: {"channels": 16, "text_channels": 16, "up_channels": [8, 8],
+                                                 "skip_channels": [4, 4], "deeplab_channels": 32,
+                                                 "dense_pool": 2})
     train: SemiVLTrainConfig = SemiVLTrainConfig()
     eval: SemiVLEvalConfig = SemiVLEvalConfig()
     storage_path: str = "runs"

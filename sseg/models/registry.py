@@ -42,6 +42,11 @@ def _ensure_builtin() -> None:
         from sseg.models.sseg_model import SSegModel
 
         register_model("sseg", ModelConfig, SSegModel, segments=True)
+    if "semivl" not in _REGISTRY:
+        from sseg.semivl.config import SemiVLModelConfig
+        from sseg.semivl.model import SemiVLModel
+
+        register_model("semivl", SemiVLModelConfig, SemiVLModel, segments=True)
     if "upernet_vit" not in _REGISTRY:  # S-Seg+ (closed vocabulary over its config's class_names)
         from sseg.models.upernet import UperNetConfig, UperNetViT
 
