@@ -29,7 +29,10 @@ PROGRESS = re.compile(r"\[sseg\] step (\d+)/(\d+) loss")
 def _env(tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTEST_CURRENT_TEST")}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", SSEG_PROGRESS_BARS="0",
-               RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
+               RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1",
+               # a worker process that takes over 60 s to import (a loaded 2-core machine) is otherwise
+               # killed and started again, over and over
+               RAY_worker_register_timeout_seconds="600")
     return env
 
 
