@@ -399,7 +399,7 @@ class SelfTrainConfig(StrictModel):
     model: UperNetConfig = Field(default_factory=_tiny_plus_model)  # class_names: set from the target
     # the CPU demo trains a randomly initialised ViT (no MAE weights offline): a larger lr and a milder layer
     # decay than the paper's fine-tuning of MAE weights (Table 6: lr 1e-4, decay 0.7; configs/self_train_voc.yaml)
-    train: SelfTrainTrainConfig = SelfTrainTrainConfig(steps=800, lr=1e-3, layer_decay=0.9, warmup_steps=100)
+    train: SelfTrainTrainConfig = SelfTrainTrainConfig(steps=1600, lr=1e-3, layer_decay=0.9, warmup_steps=100)
     eval: SelfTrainEvalConfig = SelfTrainEvalConfig()
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()
