@@ -13,7 +13,7 @@ from pathlib import Path
 from pipelines.io.runtime import init_ray
 from pipelines.tracking import tracked_run
 from pipelines.training.loop import (LoopSettings, data_stage_names, describe_stall, fit_watched, make_trainer,
-                                     plan_worker_cpus, start_progress_monitor)
+                                     monitor_snapshot, plan_worker_cpus, start_progress_monitor)
 from schemas.configs import PretrainConfig, PseudoMaskJobConfig
 from sseg.checkpoints import CHECKPOINT_FILE
 from sseg.config import config_hash, flatten
@@ -176,7 +176,8 @@ def fit(settings: LoopSettings, dataset, cfg: PretrainConfig, run_name: str, run
 
     started = time.perf_counter()
     try:
-        result = fit_watched(trainer, monitor, cfg.train.stall_timeout_s, describe)
+        result = fit_watched(trainer, monitor_snapshot(monitor) if monitor is not None else None,
+                             cfg.train.stall_timeout_s, describe)
     except SsegError:
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; keep the first line

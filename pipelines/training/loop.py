@@ -314,13 +314,15 @@ def data_stage_names(dataset) -> str:
 
 
 def describe_stall(snapshot: dict, timeout_s: float, *, data_stages: str, num_workers: int,
-                   worker_resources: dict) -> str:
-    """One line: how long nothing moved, what every worker was doing, and where the CPUs are."""
-    import ray
-
+                   worker_resources: dict, total: dict | None = None, free: dict | None = None) -> str:
+    """One line: how long nothing moved, what every worker was doing, and where the CPUs are (``total`` /
+    ``free``: the cluster's resources, asked from Ray when not given)."""
     now, workers = snapshot["now"], snapshot["workers"]
     idle = now - snapshot["last_change"]
-    total, free = ray.cluster_resources(), ray.available_resources()
+    if total is None or free is None:
+        import ray
+
+        total, free = ray.cluster_resources(), ray.available_resources()
     cpus = (f"the cluster has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPU free, the {num_workers} "
             f"training worker(s) asked for {num_workers * worker_resources.get('CPU', 0):g}")
     waiting = [r for r, (_, phase, _) in workers.items() if phase == "data"]
@@ -342,14 +344,21 @@ def describe_stall(snapshot: dict, timeout_s: float, *, data_stages: str, num_wo
     return (f"no training progress for {idle:.0f} s (train.stall_timeout_s={timeout_s:g}): {what}; {cpus}")
 
 
-def fit_watched(trainer, monitor, stall_timeout_s: float | None, describe: Callable[[dict], str]):
-    """``trainer.fit()``, stopped with a one-line :class:`SsegError` (``describe(snapshot)``) when no
-    worker changes phase for ``stall_timeout_s`` seconds. None/0: no watch."""
+def monitor_snapshot(monitor) -> Callable[[], dict]:
+    """The poll :func:`fit_watched` calls: the :class:`ProgressMonitor` actor's snapshot."""
     import ray
 
+    return lambda: ray.get(monitor.snapshot.remote(), timeout=30)
+
+
+def fit_watched(trainer, snapshot: Callable[[], dict] | None, stall_timeout_s: float | None,
+                describe: Callable[[dict], str]):
+    """``trainer.fit()``, stopped with a one-line :class:`SsegError` (``describe(snapshot)``) when no
+    worker changes phase for ``stall_timeout_s`` seconds. ``snapshot``: a :class:`ProgressMonitor`
+    snapshot (:func:`monitor_snapshot`). None/0 timeout: no watch."""
     from sseg.errors import SsegError
 
-    if not stall_timeout_s or monitor is None:
+    if not stall_timeout_s or snapshot is None:
         return trainer.fit()
     stalled: list[str] = []
     done = threading.Event()
@@ -357,11 +366,11 @@ def fit_watched(trainer, monitor, stall_timeout_s: float | None, describe: Calla
     def watch() -> None:
         while not done.wait(min(5.0, max(0.5, stall_timeout_s / 10))):
             try:
-                snapshot = ray.get(monitor.snapshot.remote(), timeout=30)
+                state = snapshot()
             except Exception:  # noqa: BLE001 - a slow poll is no stall; try again
                 continue
-            if snapshot["now"] - snapshot["last_change"] >= stall_timeout_s:
-                stalled.append(describe(snapshot))
+            if state["now"] - state["last_change"] >= stall_timeout_s:
+                stalled.append(describe(state))
                 print(f"[sseg] {stalled[0]}; stopping the run", flush=True)
                 _thread.interrupt_main()  # Ray Train's SIGINT handler aborts the run gracefully
                 return
