@@ -252,6 +252,7 @@ class SemiVLTrainConfig(StrictModel):
     cpus_per_worker: float = Field(default=1, gt=0)
     threads_per_worker: int | None = Field(default=2, gt=0)
     max_failures: int = Field(default=1, ge=0)
+    stall_timeout_s: float | None = Field(default=600, gt=0)  # see TrainConfig; None: never
     log_every: int = Field(default=20, gt=0)
     checkpoint_every: int = Field(default=200, gt=0)
     checkpoints_to_keep: int = Field(default=1, gt=0)
