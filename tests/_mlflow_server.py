@@ -75,12 +75,26 @@ def _start(store_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
 
 
+def _create_tables(store_dir: Path) -> None:
+    """Create the store's schema first, in a short-lived process and without a deadline: on a loaded
+    2-core machine the server's own first-start migration can outlast the start timeout, and a server
+    killed mid-migration leaves a half-made schema that the next attempt cannot use. (Done in this
+    process instead, the server's start-up hung: the parent's SQLAlchemy engine kept the file busy.)"""
+    code = ("import sys; from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore; "
+            "SqlAlchemyStore(sys.argv[1], sys.argv[2])")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{store_dir / 'mlflow.db'}",
+                    str(store_dir / "mlartifacts")], check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @contextmanager
-def running_mlflow_server(store_dir: Path, *, start_timeout_s: float = 45.0,
-                          attempts: int = 3) -> Iterator[MlflowServer]:
+def running_mlflow_server(store_dir: Path, *, start_timeout_s: float = 150.0,
+                          attempts: int = 2) -> Iterator[MlflowServer]:
     """Start a server, wait for /health, yield it, and stop its whole process group."""
     store_dir.mkdir(parents=True, exist_ok=True)
     log_path = store_dir / "server.log"
+    _create_tables(store_dir)
     for attempt in range(attempts):
         port = free_port()  # another process may take it before the server binds: retry
         url = f"http://{HOST}:{port}"
