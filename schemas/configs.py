@@ -12,6 +12,13 @@ from sseg.models.config import ModelConfig
 from sseg.pseudo_masks.generator import PseudoMaskConfig
 
 
+def check_crop_scale(value: tuple[float, float]) -> tuple[float, float]:
+    """The random-resized-crop area range of every training config."""
+    if not 0 < value[0] <= value[1] <= 1:
+        raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
+    return value
+
+
 class RayConfig(StrictModel):
     address: str | None = None  # None: RAY_ADDRESS (set by `ray job submit`) or a local instance
     num_cpus: int | None = Field(default=None, gt=0)
@@ -36,9 +43,7 @@ class DataConfig(StrictModel):
     @field_validator("crop_scale")
     @classmethod
     def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] <= value[1] <= 1:
-            raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
-        return value
+        return check_crop_scale(value)
 
 
 class ActorPoolConfig(StrictModel):
@@ -367,9 +372,7 @@ class SelfTrainTrainConfig(StrictModel):
     @field_validator("crop_scale")
     @classmethod
     def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] <= value[1] <= 1:
-            raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
-        return value
+        return check_crop_scale(value)
 
 
 class SelfTrainEvalConfig(StrictModel):
