@@ -29,7 +29,8 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
             decay.append(param)
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    # fused: one kernel over all parameters (CPU and CUDA), the same update as the per-tensor loop
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
 
 
 def cosine_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int,

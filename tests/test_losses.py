@@ -181,3 +181,20 @@ def test_no_targets_anywhere_gives_zero_mask_loss_and_num_masks_one() -> None:
 def test_world_size_without_process_group_is_rejected() -> None:
     with pytest.raises(SsegError, match="not initialised"):
         SSegCriterion()(_outputs(torch.randn(2, 3, 4, 4)), _targets(), world_size=2)
+
+
+def test_mask_loss_size_equals_the_losses_on_targets_resized_to_it() -> None:
+    """mask_loss_size=4 on 8x8 targets: the same losses as the full-size criterion given the targets
+    resized (nearest) to 4x4 by hand; larger than the targets: no change."""
+    torch.manual_seed(1)
+    targets = _targets()
+    outputs = _outputs(torch.randn(2, 4, 2, 2), [torch.randn(2, 4, 2, 2)])
+    small = [F.interpolate(t.float()[:, None], size=(4, 4), mode="nearest")[:, 0] > 0.5 for t in targets]
+    reduced = SSegCriterion(mask_loss_size=4)(outputs, targets)
+    by_hand = SSegCriterion()(outputs, small)
+    for key in ("loss_focal", "loss_dice", "loss", "num_masks"):
+        torch.testing.assert_close(reduced[key], by_hand[key])
+    assert reduced["loss_focal"].item() != pytest.approx(SSegCriterion()(outputs, targets)["loss_focal"].item())
+    for key in ("loss_focal", "loss_dice"):
+        torch.testing.assert_close(SSegCriterion(mask_loss_size=16)(outputs, targets)[key],
+                                   SSegCriterion()(outputs, targets)[key])

@@ -105,3 +105,22 @@ def test_bad_inputs_raise_data_error() -> None:
         matcher(torch.randn(1, 3, 4, 4), [torch.ones(4, 4)])
     with pytest.raises(DataError, match=r"\[B,N,h,w\]"):
         matcher(torch.randn(3, 4, 4), [torch.ones(1, 4, 4)] * 3)
+
+
+def test_batched_costs_equal_one_image_at_a_time() -> None:
+    """A batch is matched in one padded computation; each image's costs and matches are what matching
+    it alone gives (different target counts, one image without targets)."""
+    rng = np.random.default_rng(11)
+    counts = [3, 1, 0, 5, 2]
+    logits = torch.tensor(rng.normal(0, 2, size=(len(counts), 6, 4, 4)), dtype=torch.float32)
+    targets = [torch.tensor(rng.random((k, 8, 8)) < 0.4) for k in counts]
+    matcher = HungarianMatcher(cost_focal=20.0, cost_dice=1.0)
+    batched = matcher(logits, targets)
+    costs = matcher._batched_costs(logits, targets)
+    for b, target in enumerate(targets):
+        [(alone_pred, alone_tgt)] = matcher(logits[b:b + 1], [target])
+        assert batched[b][0].tolist() == alone_pred.tolist() and batched[b][1].tolist() == alone_tgt.tolist()
+        if len(target):
+            np.testing.assert_allclose(costs[b], matcher.cost_matrix(logits[b], target).numpy(), rtol=1e-5, atol=1e-6)
+        else:
+            assert costs[b] is None and len(batched[b][0]) == 0

@@ -148,6 +148,9 @@ def pretrain_deviations(cfg: PretrainConfig) -> list[str]:
     if cfg.train.weight_words > 0:
         deviations.append(f"word-to-mask alignment loss added with weight {cfg.train.weight_words} "
                           "(not in the paper)")
+    if cfg.train.mask_loss_size is not None:
+        deviations.append(f"mask losses on a {cfg.train.mask_loss_size}-px grid (targets resized down, "
+                          "predictions up; the paper follows MaskFormer: the target size)")
     return deviations
 
 

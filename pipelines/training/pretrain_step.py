@@ -23,7 +23,8 @@ def build_pretrain_step(config: dict, *, device: torch.device, rank: int, world_
     criterion = SSegCriterion(
         weight_focal=cfg.train.weight_focal, weight_dice=cfg.train.weight_dice,
         weight_mask=cfg.train.weight_mask, weight_contrastive=cfg.train.weight_contrastive,
-        contrastive=ContrastiveLoss(), weight_words=cfg.train.weight_words)
+        contrastive=ContrastiveLoss(), weight_words=cfg.train.weight_words,
+        mask_loss_size=cfg.train.mask_loss_size)
     needs_words = cfg.train.weight_words > 0 or cfg.train.caption_feature == "word_mean"
     word_templates = resolve_templates(cfg.train.word_templates) if needs_words else None
     train_step = TrainStep(model, criterion, optimizer, scheduler, cfg.pseudo_masks.num_segments,

@@ -17,7 +17,7 @@ from torch import nn
 from sseg.errors import DataError, SsegError
 from sseg.losses.contrastive import ContrastiveLoss
 from sseg.losses.mask_losses import dice_loss, sigmoid_focal_loss
-from sseg.losses.matcher import HungarianMatcher, MatchIndices
+from sseg.losses.matcher import HungarianMatcher, MatchIndices, resize_targets
 from sseg.losses.word_alignment import WordAlignmentLoss
 
 
@@ -55,8 +55,12 @@ def _average_num_masks(targets: Sequence[torch.Tensor], device: torch.device,
 class SSegCriterion(nn.Module):
     def __init__(self, weight_focal: float = 20.0, weight_dice: float = 1.0, weight_mask: float = 1.0,
                  weight_contrastive: float = 1.0, contrastive: ContrastiveLoss | None = None,
-                 matcher: HungarianMatcher | None = None, weight_words: float = 0.0) -> None:
+                 matcher: HungarianMatcher | None = None, weight_words: float = 0.0,
+                 mask_loss_size: int | None = None) -> None:
         super().__init__()
+        if mask_loss_size is not None and mask_loss_size < 1:
+            raise ValueError(f"mask_loss_size must be >= 1 or None, got {mask_loss_size}")
+        self.mask_loss_size = mask_loss_size
         self.weight_focal = weight_focal
         self.weight_dice = weight_dice
         self.weight_mask = weight_mask
@@ -65,6 +69,17 @@ class SSegCriterion(nn.Module):
         self.word_alignment = WordAlignmentLoss()
         self.contrastive = contrastive if contrastive is not None else ContrastiveLoss()
         self.matcher = matcher if matcher is not None else HungarianMatcher(weight_focal, weight_dice)
+
+    def _loss_resolution(self, targets: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Targets larger than mask_loss_size are brought down to it (nearest): the mask losses are then
+        computed at that size (the predictions upsampled to it) instead of the full target size."""
+        size = self.mask_loss_size
+        if size is None or not targets or max(targets[0].shape[-2:]) <= size:
+            return list(targets)
+        height, width = targets[0].shape[-2:]
+        scale = size / max(height, width)
+        out_size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        return [resize_targets(t, out_size) > 0.5 for t in targets]
 
     def layer_mask_losses(self, pred_masks: torch.Tensor, targets: Sequence[torch.Tensor],
                           num_masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[MatchIndices]]:
@@ -93,6 +108,7 @@ class SSegCriterion(nn.Module):
         if len(shapes) > 1:
             raise DataError(f"all target masks of a batch must share one size, got {sorted(shapes)}")
         num_masks = _average_num_masks(targets, pred_masks.device, world_size)
+        targets = self._loss_resolution(targets)
 
         focal, dice, _ = self.layer_mask_losses(pred_masks, targets, num_masks)
         losses: dict[str, torch.Tensor] = {"loss_focal_final": focal.detach(), "loss_dice_final": dice.detach()}

@@ -51,9 +51,9 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float | to
 
 def pairwise_sigmoid_focal_cost(logits: torch.Tensor, targets: torch.Tensor,
                                 alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
-    """logits [N,P], targets [K,P] → [N,K] focal loss of every prediction vs every target,
-    averaged over the P pixels (so that it is on the dice cost's scale)."""
-    pixels = logits.shape[1]
+    """logits [...,N,P], targets [...,K,P] → [...,N,K] focal loss of every prediction vs every target,
+    averaged over the P pixels (so that it is on the dice cost's scale); leading dims are a batch."""
+    pixels = logits.shape[-1]
     prob = logits.sigmoid()
     focal_pos = (1 - prob) ** gamma * F.binary_cross_entropy_with_logits(
         logits, torch.ones_like(logits), reduction="none")
@@ -62,13 +62,13 @@ def pairwise_sigmoid_focal_cost(logits: torch.Tensor, targets: torch.Tensor,
     if alpha >= 0:
         focal_pos = focal_pos * alpha
         focal_neg = focal_neg * (1 - alpha)
-    cost = focal_pos @ targets.T + focal_neg @ (1 - targets).T
+    cost = focal_pos @ targets.transpose(-1, -2) + focal_neg @ (1 - targets).transpose(-1, -2)
     return cost / pixels
 
 
 def pairwise_dice_cost(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """logits [N,P], targets [K,P] → [N,K] dice loss (+1 smoothing) of every pair."""
+    """logits [...,N,P], targets [...,K,P] → [...,N,K] dice loss (+1 smoothing) of every pair."""
     prob = logits.sigmoid()
-    numerator = 2 * prob @ targets.T
-    denominator = prob.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    numerator = 2 * prob @ targets.transpose(-1, -2)
+    denominator = prob.sum(-1)[..., :, None] + targets.sum(-1)[..., None, :]
     return 1 - (numerator + 1) / (denominator + 1)

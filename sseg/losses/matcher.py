@@ -35,9 +35,12 @@ class HungarianMatcher(nn.Module):
         self.cost_dice = cost_dice
 
     def cost_matrix(self, pred_masks: torch.Tensor, target_masks: torch.Tensor) -> torch.Tensor:
-        """pred_masks [N,h,w] logits, target_masks [K,H,W] → cost [N,K] (float32)."""
-        targets = resize_targets(target_masks, tuple(pred_masks.shape[-2:])).flatten(1)
-        logits = pred_masks.float().flatten(1)
+        """pred_masks [...,N,h,w] logits, target_masks [...,K,H,W] → cost [...,N,K] (float32); leading
+        dims (a batch) must agree."""
+        lead = target_masks.shape[:-3]
+        targets = resize_targets(target_masks.reshape(-1, *target_masks.shape[-2:]), tuple(pred_masks.shape[-2:]))
+        targets = targets.reshape(*lead, target_masks.shape[-3], -1)
+        logits = pred_masks.float().flatten(-2)
         return (self.cost_focal * pairwise_sigmoid_focal_cost(logits, targets)
                 + self.cost_dice * pairwise_dice_cost(logits, targets))
 
@@ -48,15 +51,35 @@ class HungarianMatcher(nn.Module):
             raise DataError(f"pred_masks must be [B,N,h,w], got {tuple(pred_masks.shape)}")
         if len(targets) != pred_masks.shape[0]:
             raise DataError(f"{pred_masks.shape[0]} predictions but {len(targets)} target sets")
-        indices: list[MatchIndices] = []
         for b, target in enumerate(targets):
             if target.ndim != 3:
                 raise DataError(f"target masks of image {b} must be [K,H,W], got {tuple(target.shape)}")
-            if target.shape[0] == 0:
+        shapes = {tuple(t.shape[-2:]) for t in targets}
+        if len(shapes) == 1:
+            costs = self._batched_costs(pred_masks, targets)
+        else:  # targets of different sizes: one image at a time
+            costs = [self.cost_matrix(pred_masks[b], t.to(pred_masks.device)).cpu().numpy() if len(t) else None
+                     for b, t in enumerate(targets)]
+        indices: list[MatchIndices] = []
+        for cost in costs:
+            if cost is None:
                 empty = torch.empty(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue
-            cost = self.cost_matrix(pred_masks[b], target.to(pred_masks.device)).cpu().numpy()
             rows, cols = linear_sum_assignment(np.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6))
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
+
+    def _batched_costs(self, pred_masks: torch.Tensor, targets: Sequence[torch.Tensor]) -> list:
+        """Every image's [N,K_i] cost in one batched computation: targets zero-padded to the largest K
+        (the padded columns are cut off again), so the cost of a pair is what cost_matrix gives."""
+        counts = [int(t.shape[0]) for t in targets]
+        most = max(counts)
+        if most == 0:
+            return [None] * len(targets)
+        padded = pred_masks.new_zeros((len(targets), most, *targets[0].shape[-2:]), dtype=torch.float32)
+        for b, target in enumerate(targets):
+            if counts[b]:
+                padded[b, :counts[b]] = target.to(device=pred_masks.device, dtype=torch.float32)
+        cost = self.cost_matrix(pred_masks, padded).cpu().numpy()
+        return [cost[b, :, :k] if k else None for b, k in enumerate(counts)]
