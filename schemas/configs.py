@@ -95,6 +95,11 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(default=200, gt=0)
     checkpoints_to_keep: int = Field(default=2, gt=0)
     shuffle_buffer: int = Field(default=512, ge=0)
+    # The seed also fixes the data: file order per epoch, crops and shuffle (Ray Data keeps the row order,
+    # at some cost in throughput), so a rerun with the same seed and worker count trains on the same
+    # batches. Only with the pseudo-mask cache (the stream path's order follows its actor pool); false: the
+    # fastest, non-deterministic order.
+    deterministic_data: bool = True
     weight_mask: float = 1.0
     weight_contrastive: float = 1.0
     weight_focal: float = 20.0

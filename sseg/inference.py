@@ -74,6 +74,10 @@ class SegmentConfig(StrictModel):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     batch_size: int = Field(8, gt=0)  # windows per forward pass
+    # Test-time augmentation (off by default, as the GroupViT / S-Seg protocol): the scores of every
+    # scale (relative to short_side) and, with flip, of the mirrored image, averaged at the input size.
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "SegmentConfig":
@@ -81,6 +85,8 @@ class SegmentConfig(StrictModel):
             raise ValueError(f"stride {self.stride} > window {self.window} leaves pixels uncovered")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales must be a non-empty list of positive factors, got {list(self.scales)}")
         return self
 
 
@@ -470,8 +476,9 @@ class Segmenter:
 
     # -- public API
 
-    def preprocess(self, image: np.ndarray) -> Tensor:
-        """uint8 ``[H, W, 3]`` → normalised, resized float ``[1, 3, h, w]`` on the model's device."""
+    def preprocess(self, image: np.ndarray, scale: float = 1.0) -> Tensor:
+        """uint8 ``[H, W, 3]`` → normalised, resized float ``[1, 3, h, w]`` on the model's device
+        (``scale`` multiplies the configured short side, or the input size when it has none)."""
         if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
             shape = getattr(image, "shape", None)
             raise DataError(f"image must be a uint8 [H, W, 3] array (got shape {shape})")
@@ -481,7 +488,13 @@ class Segmenter:
             raise DataError(f"image is empty ({image.shape[1]}x{image.shape[0]})")
         tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
         tensor = tensor.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        size = resized_shape(image.shape[0], image.shape[1], self.cfg.short_side, self.cfg.max_long_side)
+        if scale == 1.0:
+            size = resized_shape(image.shape[0], image.shape[1], self.cfg.short_side, self.cfg.max_long_side)
+        elif self.cfg.short_side is not None:
+            size = resized_shape(image.shape[0], image.shape[1], max(1, round(self.cfg.short_side * scale)),
+                                 round(self.cfg.max_long_side * scale))
+        else:
+            size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
         tensor = resize_maps(tensor, size, antialias=True)
         return (tensor - self.mean) / self.std
 
@@ -490,9 +503,16 @@ class Segmenter:
         """Per-pixel text-class scores ``[C_text, H, W]`` at the input size: probabilities
         (summing to 1 per pixel), or with ``normalise=False`` the window-averaged MaskFormer
         scores Σ_q p_q(c)·σ(m_q)."""
+        total, views = None, 0
         with eval_mode(self.model):
-            scores = self._scores(self.preprocess(image))
-        scores = resize_maps(scores.unsqueeze(0), image.shape[:2])[0]
+            for scale in self.cfg.scales:
+                tensor = self.preprocess(image, scale)
+                for flipped in ((False, True) if self.cfg.flip else (False,)):
+                    scores = self._scores(tensor.flip(-1) if flipped else tensor)
+                    scores = resize_maps((scores.flip(-1) if flipped else scores).unsqueeze(0), image.shape[:2])[0]
+                    total = scores if total is None else total + scores
+                    views += 1
+        scores = total / views if views > 1 else total
         return normalise_scores(scores.clamp_min(0)) if normalise else scores
 
     @torch.no_grad()

@@ -215,7 +215,7 @@ class SSegPretrainStep:
         self.context_length = context_length
         self.device = device
         self.word_templates = word_templates
-        self.rng = random.Random(seed)
+        self.seed = seed
 
     @property
     def model(self) -> nn.Module:
@@ -234,6 +234,10 @@ class SSegPretrainStep:
         return self.train_step.scheduler
 
     def run(self, batch: dict) -> dict[str, float]:
+        # the template draws of a step follow from (seed, step): a run resumed from a checkpoint (which
+        # restores the scheduler's step count) draws what the uninterrupted run drew
+        step = int(getattr(self.train_step.scheduler, "last_epoch", 0))
+        rng = random.Random(self.seed * 1_000_003 + step)
         data = prepare_batch(batch["image"], batch["segments"], batch["caption"], self.context_length,
-                             self.device, self.word_templates, self.rng)
+                             self.device, self.word_templates, rng)
         return self.train_step(data)

@@ -461,3 +461,31 @@ def test_class_name_longer_than_the_context_is_a_one_line_error() -> None:
     long_name = " ".join(["automobile"] * 12)
     with pytest.raises(ConfigError, match=r"class name 'automobile .*' cannot be encoded: .* context length 16"):
         build_text_classifier(model, ["car", long_name], "clip7")
+
+
+def test_flip_and_scale_augmentation_average_the_views():
+    """A pointwise model gives the same scores for the mirrored image (mirrored back) and at scale 1;
+    with flip on it runs twice; a 0.5 scale runs on the half-size image and is averaged in at the input
+    size. A model that is not mirror-symmetric shows that the flipped view is mirrored back."""
+    model = FakeSegModel()
+    clf = classifier_for("cat,dog,sky", model)
+    image = np.random.default_rng(4).integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+    plain_cfg = SegmentConfig(**{**PLAIN, "sliding": False, "short_side": None, "size_divisor": 1})
+    plain = Segmenter(model, clf, plain_cfg).score_map(image, normalise=False)
+    model.calls.clear()
+    flipped = Segmenter(model, clf, plain_cfg.model_copy(update={"flip": True})).score_map(image, normalise=False)
+    assert len(model.calls) == 2
+    torch.testing.assert_close(flipped, plain, atol=1e-5, rtol=1e-5)
+    model.calls.clear()
+    two_scales = Segmenter(model, clf, plain_cfg.model_copy(update={"scales": (1.0, 0.5)})).score_map(
+        image, normalise=False)
+    assert [c[-2:] for c in model.calls] == [(24, 32), (12, 16)]
+    assert two_scales.shape == plain.shape and not torch.allclose(two_scales, plain)
+    ramp = FakeSegModel(ramp=True)
+    direct = Segmenter(ramp, clf, plain_cfg).score_map(image, normalise=False)
+    mirrored = Segmenter(ramp, clf, plain_cfg).score_map(np.ascontiguousarray(image[:, ::-1]), normalise=False)
+    both = Segmenter(ramp, clf, plain_cfg.model_copy(update={"flip": True})).score_map(image, normalise=False)
+    torch.testing.assert_close(both, (direct + mirrored.flip(-1)) / 2, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(both, direct, atol=1e-3)
+    with pytest.raises(ValueError, match="scales"):
+        SegmentConfig(scales=())

@@ -308,3 +308,44 @@ def test_caption_words_keep_nouns_and_verbs():
     assert {"balls", "lying", "sand", "sky"} <= set(words)
     assert not {"two", "small", "red", "the", "a", "under", "blue"} & set(words)
     assert caption_words_method() in ("nltk-pos", "stopword-filter")
+
+
+def test_seeded_crops_follow_seed_key_and_epoch(monkeypatch):
+    """CropCachedSamples with a seed: the same (seed, key, epoch) crops alike in any batch order, another
+    epoch or seed crops anew; without a seed the crops are random."""
+    from pipelines.stages import train_data
+
+    rng = np.random.default_rng(0)
+
+    def png(array: np.ndarray) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(array).save(out, format="PNG")
+        return out.getvalue()
+
+    n = 6
+    images = [rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for _ in range(n)]
+    masks = [rng.integers(0, 8, (48, 48), dtype=np.uint8) for _ in range(n)]
+    batch = {"key": np.array([f"s{i:03d}" for i in range(n)], dtype=object),
+             "image": np.array([png(a) for a in images], dtype=object),
+             "mask_png": np.array([png(m) for m in masks], dtype=object),
+             "caption": np.array(["a car"] * n, dtype=object),
+             "words": np.array([["car"]] * n + [[]], dtype=object)[:n]}
+    epoch = {"value": 0}
+    monkeypatch.setattr(train_data, "_execution_index", lambda: epoch["value"])
+
+    def crops(seed, order=range(n)):
+        order = list(order)
+        out = train_data.CropCachedSamples(32, (0.3, 1.0), seed=seed)({k: v[order] for k, v in batch.items()})
+        return {batch["key"][i]: (out["image"][j], out["segments"][j]) for j, i in enumerate(order)}
+
+    first = crops(7)
+    again = crops(7, order=reversed(range(n)))
+    assert all(np.array_equal(first[k][0], again[k][0]) and np.array_equal(first[k][1], again[k][1])
+               for k in first)
+    other_seed = crops(8)
+    assert sum(not np.array_equal(first[k][0], other_seed[k][0]) for k in first) >= n - 1
+    epoch["value"] = 1
+    next_epoch = crops(7)
+    assert sum(not np.array_equal(first[k][0], next_epoch[k][0]) for k in first) >= n - 1
+    unseeded = [crops(None), crops(None)]
+    assert sum(not np.array_equal(unseeded[0][k][0], unseeded[1][k][0]) for k in first) >= n - 1

@@ -107,6 +107,33 @@ def test_worker_death_resumes_from_checkpoint_in_same_mlflow_run(trained, workdi
         assert 0.0 <= trained[key] <= 1.0, key
 
 
+def test_same_seed_same_losses_and_a_killed_worker_does_not_change_them(ray_session, trained, workdir,
+                                                                        monkeypatch, capsys):
+    """The seed fixes the data (file order, crops, shuffle) and the template draws: an uninterrupted
+    run logs the losses of the run whose worker died at step 3 and resumed from its step-2 checkpoint,
+    step for step; another seed does not."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.pretrain import main
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = {}
+    for name, extra in (("clean", []), ("seed1", ["train.seed=1"])):
+        assert main(TINY + ["train.steps=8", "train.weight_words=1", "eval.labeled_split=null",
+                            f"tracking.run_name={name}", *extra]) == 0
+        runs[name] = _last_json(capsys)["mlflow_run_id"]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    for key in ("train.loss", "train.loss_mask", "train.loss_words", "train.loss_contrastive"):
+        faulty = _history(client, trained["mlflow_run_id"], key)
+        clean = _history(client, runs["clean"], key)
+        assert [s for s, _ in clean] == [2, 4, 6, 8]
+        assert [s for s, _ in faulty] == [2, 4, 6, 8]
+        assert [v for _, v in faulty] == pytest.approx([v for _, v in clean], rel=1e-5, abs=1e-6), key
+    other = [v for _, v in _history(client, runs["seed1"], "train.loss")]
+    assert other != pytest.approx([v for _, v in _history(client, runs["clean"], "train.loss")], rel=1e-3)
+
+
 def test_resume_flag_continues_a_stopped_run(ray_session, trained, workdir, monkeypatch, capsys):
     from jobs.pretrain import main
 

@@ -81,11 +81,13 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks: list
     if cfg.pseudo_mask_source == "cache":
         files = _ensure_cache(cfg)
         num_samples = train_data.count_cache_rows(files)
+        data_seed = cfg.train.seed if cfg.train.deterministic_data else None
         dataset = train_data.cache_dataset(files, cfg.data.image_size, cfg.data.crop_scale,
-                                           cfg.data.text)
+                                           cfg.data.text, seed=data_seed)
     else:
         from pipelines.io.shards import resolve_shards
 
+        data_seed = None
         shards = resolve_shards(cfg.data.shards)
         num_samples = cfg.world.num_train if cfg.world is not None else None
         dataset = train_data.stream_dataset(shards, cfg.data.image_size, cfg.data.crop_scale,
@@ -122,7 +124,7 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks: list
             checkpoint_every=cfg.train.checkpoint_every, shuffle_buffer=cfg.train.shuffle_buffer,
             threads=int(cfg.train.threads_per_worker or max(1, int(cpus_per_worker))),
             mlflow_run_id=tracker.run_id, tracking_uri=tracker.tracking_uri, run_dir=str(run_dir),
-            callbacks=list(callbacks or []))
+            callbacks=list(callbacks or []), data_seed=data_seed)
         summary = fit(settings, dataset, cfg, run_name, run_dir, cpus_per_worker)
         tracker.log_artifact(Path(summary["checkpoint"]) / CHECKPOINT_FILE, "checkpoints/final")
         if cfg.eval.labeled_split:

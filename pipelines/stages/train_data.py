@@ -7,6 +7,7 @@ shards streamed through decode → pseudo-mask actor pool (masks computed on the
 from __future__ import annotations
 
 import io
+import zlib
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,22 +19,44 @@ from sseg.data.transforms import random_resized_crop
 TRAIN_COLUMNS = ("image", "segments", "caption")
 
 
+def _execution_index() -> int:
+    """How many times this dataset has been executed before (Ray Data counts executions in the
+    DataContext that travels with every task; its own seeded random ops use the same counter): one
+    per training epoch."""
+    from ray.data import DataContext
+
+    return int(getattr(DataContext.get_current(), "_execution_idx", 0))
+
+
 class CropCachedSamples:
-    """map_batches function: cache rows → same random-resized crop of image and mask, flipped together."""
+    """map_batches function: cache rows → same random-resized crop of image and mask, flipped together.
+
+    With a seed, each row's crop comes from (seed, row key, epoch): a rerun with the same seed crops
+    every sample as before, and each epoch crops it anew. Without one, crops are random."""
 
     def __init__(self, size: int, crop_scale: tuple[float, float], text: str = "words",
                  seed: int | None = None):
         self.size = size
         self.text = text
         self.crop_scale = tuple(crop_scale)
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.rng = np.random.default_rng()
+
+    def _row_rng(self, key, epoch: int) -> np.random.Generator:
+        if self.seed is None:
+            return self.rng
+        return np.random.default_rng([zlib.crc32(str(key).encode()), epoch, self.seed])
 
     def __call__(self, batch: dict) -> dict:
         images, segments = [], []
-        for image_bytes, mask_bytes in zip(batch["image"], batch["mask_png"]):
+        epoch = _execution_index() if self.seed is not None else 0
+        keys = batch["key"] if "key" in batch else [None] * len(batch["image"])
+        if self.seed is not None and "key" not in batch:
+            raise ValueError("seeded crops need the cache's 'key' column")
+        for key, image_bytes, mask_bytes in zip(keys, batch["image"], batch["mask_png"]):
             image = np.asarray(Image.open(io.BytesIO(image_bytes)).convert("RGB"))
             mask = np.asarray(Image.open(io.BytesIO(mask_bytes)))
-            image, mask = random_resized_crop(image, self.size, self.rng, labels=mask,
+            image, mask = random_resized_crop(image, self.size, self._row_rng(key, epoch), labels=mask,
                                               scale=self.crop_scale)
             images.append(image)
             segments.append(mask)
@@ -61,10 +84,14 @@ def training_text(batch: dict, text: str) -> np.ndarray:
 
 
 def cache_dataset(files: list[str], size: int, crop_scale: tuple[float, float], text: str = "words",
-                  batch_size: int = 64) -> ray.data.Dataset:
-    ds = ray.data.read_parquet(files, shuffle="files").select_columns(["image", "mask_png", "caption", "words"])
-    return ds.map_batches(CropCachedSamples(size, crop_scale, text), batch_size=batch_size, batch_format="numpy",
-                          compute=ray.data.TaskPoolStrategy())
+                  batch_size: int = 64, seed: int | None = None) -> ray.data.Dataset:
+    """Cache rows → training samples. ``seed``: the file order of every epoch and every crop follow from
+    it (the trainer must also preserve the row order: LoopSettings.data_seed); None: random."""
+    shuffle = ray.data.FileShuffleConfig(seed=seed) if seed is not None else "files"
+    ds = ray.data.read_parquet(files, shuffle=shuffle).select_columns(["key", "image", "mask_png", "caption",
+                                                                       "words"])
+    return ds.map_batches(CropCachedSamples(size, crop_scale, text, seed=seed), batch_size=batch_size,
+                          batch_format="numpy", compute=ray.data.TaskPoolStrategy())
 
 
 def count_cache_rows(files: list[str]) -> int:

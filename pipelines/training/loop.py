@@ -55,6 +55,10 @@ class LoopSettings:
     run_dir: str
     callbacks: list[str] = field(default_factory=list)
     progress_actor: str | None = None  # name of the ProgressMonitor actor (stall detection), if any
+    # Not None: the dataset is read in a fixed order (Ray Data preserve_order) and the local shuffle of
+    # epoch e is seeded with data_seed·1000 + e, so a rerun sees the same batches (the dataset's own
+    # random choices must be seeded too). None: Ray Data's fastest, non-deterministic order.
+    data_seed: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,6 +155,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     while step < settings.total_steps:
         batches = iter(shard.iter_batches(batch_size=local_batch, batch_format="numpy", drop_last=True,
                                           local_shuffle_buffer_size=settings.shuffle_buffer or None,
+                                          local_shuffle_seed=(None if settings.data_seed is None
+                                                              or not settings.shuffle_buffer
+                                                              else settings.data_seed * 1000 + epoch),
                                           prefetch_batches=2))
         steps_this_epoch = 0
         if skip_batches:  # resumed mid-epoch: drop the batches this epoch has already trained on
@@ -203,8 +210,14 @@ def make_trainer(settings: LoopSettings, dataset, *, run_name: str, storage_path
     """``cpus_per_worker``: None means 1 (use :func:`plan_worker_cpus` to fit it to the cluster)."""
     from pathlib import Path
 
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    data_config = None
+    if settings.data_seed is not None:
+        options = DataConfig.default_ingest_options()
+        options.preserve_order = True
+        data_config = DataConfig(execution_options=options)
 
     return TorchTrainer(
         train_loop_per_worker,
@@ -224,6 +237,7 @@ def make_trainer(settings: LoopSettings, dataset, *, run_name: str, storage_path
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
         datasets={"train": dataset},
+        **({"dataset_config": data_config} if data_config is not None else {}),
     )
 
 
