@@ -75,6 +75,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="v2", help="world preset (v1, v2, debug)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pool", choices=["max", "lse"], default="max",
+                        help="image score of a class from its pixel scores (multiple instance): the best pixel, "
+                             "or log-mean-exp with sharpness --lse-r (every pixel gets a share of the gradient)")
+    parser.add_argument("--lse-r", type=float, default=5.0)
     parser.add_argument("--text-lm-steps", type=int, default=0,
                         help="first train the text tower as a causal language model on the captions' words")
     args = parser.parse_args()
@@ -142,8 +146,13 @@ def main() -> None:
         logits = class_logits(x, train_tokens)
         if args.supervision == "dense":
             loss = F.cross_entropy(logits, torch.as_tensor(pixel_labels[idx]))
-        else:  # multiple instance: the best pixel answers for the image
-            loss = F.binary_cross_entropy_with_logits(logits.flatten(2).amax(-1), torch.as_tensor(image_labels[idx]))
+        else:  # multiple instance: the best pixel (or a soft maximum) answers for the image
+            flat = logits.flatten(2)
+            if args.pool == "max":
+                image_logits = flat.amax(-1)
+            else:
+                image_logits = (torch.logsumexp(args.lse_r * flat, -1) - np.log(flat.shape[-1])) / args.lse_r
+            loss = F.binary_cross_entropy_with_logits(image_logits, torch.as_tensor(image_labels[idx]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -162,6 +171,7 @@ def main() -> None:
     per_class = dict(zip(names, (round(float(v), 3) for v in result["per_class_iou"])))
     things = [per_class[n] for n in names[:10]]
     print(json.dumps({"preset": args.preset, "supervision": args.supervision, "head": args.head, "steps": args.steps,
+                      "pool": args.pool, **({"lse_r": args.lse_r} if args.pool == "lse" else {}),
                       "text_lm_steps": args.text_lm_steps,
                       "vocabulary": len(train_names), "miou": round(float(result["miou"]), 4),
                       "thing_iou_min": min(things), "thing_iou_max": max(things),

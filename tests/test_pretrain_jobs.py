@@ -37,10 +37,17 @@ def _env(tmp_path: Path) -> dict:
 
 
 def _start(args: list[str], tmp_path: Path, log: Path) -> subprocess.Popen:
-    """The job in its own session (process group): the driver and the Ray instance it starts."""
-    out = log.open("w")
-    return subprocess.Popen(JOB + args, cwd=tmp_path, env=_env(tmp_path), stdout=out, stderr=subprocess.STDOUT,
+    """The job in its own session (process group): the driver and the Ray instance it starts. stdout
+    goes to ``log``, stderr to ``log`` + ".err" (Ray may write to stderr after the job's JSON line)."""
+    out, err = log.open("w"), Path(f"{log}.err").open("w")
+    return subprocess.Popen(JOB + args, cwd=tmp_path, env=_env(tmp_path), stdout=out, stderr=err,
                             start_new_session=True)
+
+
+def _read(log: Path) -> str:
+    """stdout, then stderr, of a job started by :func:`_start`."""
+    err = Path(f"{log}.err")
+    return log.read_text() + (err.read_text() if err.exists() else "")
 
 
 def _processes() -> dict[int, tuple[int, int]]:
@@ -97,14 +104,15 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
-        pytest.fail(f"the job did not finish in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+        pytest.fail(f"the job did not finish in {timeout:.0f} s:\n{_read(log)[-3000:]}")
     finally:
         _kill_group(proc)  # whatever of its Ray instance outlived the driver
-    return log.read_text()
+    return _read(log)
 
 
-def _last_json(text: str) -> dict:
-    return json.loads(text.strip().splitlines()[-1])
+def _last_json(log: Path) -> dict:
+    """The job's last stdout line, which must be its JSON summary."""
+    return json.loads(log.read_text().strip().splitlines()[-1])
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float, int]]:
@@ -122,14 +130,14 @@ def test_driver_killed_mid_run_resumes_with_resume_latest_in_the_same_mlflow_run
     try:
         deadline = time.time() + 420
         while not checkpoint_steps(run_dir):
-            assert first.poll() is None, f"the job ended before its first checkpoint:\n{(tmp_path / 'first.log').read_text()[-3000:]}"
+            assert first.poll() is None, f"the job ended before its first checkpoint:\n{_read(tmp_path / 'first.log')[-3000:]}"
             assert time.time() < deadline, "no checkpoint within 420 s"
             time.sleep(0.2)
     finally:
         left = _kill_group(first)  # the whole job: driver, Ray head, controller, training worker
     assert not left
     on_disk = checkpoint_steps(run_dir)
-    first_log = (tmp_path / "first.log").read_text()
+    first_log = _read(tmp_path / "first.log")
     assert '"steps"' not in first_log, "the job finished before it was killed"
     run_id = json.loads((run_dir / "sseg_run.json").read_text())["mlflow_run_id"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -140,7 +148,7 @@ def test_driver_killed_mid_run_resumes_with_resume_latest_in_the_same_mlflow_run
     second = _start(args + ["--resume", "latest"], tmp_path, tmp_path / "second.log")
     text = _finish(second, tmp_path / "second.log", timeout=420)
     assert second.returncode == 0, text[-3000:]
-    result = _last_json(text)
+    result = _last_json(tmp_path / "second.log")
     assert result["mlflow_run_id"] == run_id and result["steps"] == 30
 
     run = client.get_run(run_id)
@@ -174,7 +182,7 @@ def test_two_train_workers_on_two_cpus_keep_cpu_for_the_data_stages(tmp_path):
     assert proc.returncode == 0, text[-3000:]
     assert "2 training workers get 0.5 CPU each, keeping 1 of the cluster's 2 CPU for the data stages" in text
     assert "world_size=2" in text
-    result = _last_json(text)
+    result = _last_json(tmp_path / "job.log")
     assert result["steps"] == 4
     progress = [m.group(0) for m in PROGRESS.finditer(text)]
     assert [int(PROGRESS.match(line).group(1)) for line in progress] == [2, 4], text[-3000:]
