@@ -120,7 +120,6 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float, int]]:
                   key=lambda m: (m[2], m[0]))
 
 
-@pytest.mark.skip(reason="written this session, fails on an idle 2-core machine (issue 15, open): no metric history found after the kill + --resume latest")
 def test_driver_killed_mid_run_resumes_with_resume_latest_in_the_same_mlflow_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -170,7 +169,6 @@ def test_driver_killed_mid_run_resumes_with_resume_latest_in_the_same_mlflow_run
     assert len(lines) == 30 - resumed_step and len(set(lines)) == len(lines), lines
 
 
-@pytest.mark.skip(reason="written this session, fails on an idle 2-core machine (issue 15, open): the job's last stdout line is not JSON")
 def test_two_train_workers_on_two_cpus_keep_cpu_for_the_data_stages(tmp_path):
     """A new user's ``train.num_workers=2`` on a 2-CPU machine used to hang (both workers held one CPU,
     Ray Data had none). Now each worker gets 0.5 CPU, the run finishes, and each line shows once."""
@@ -195,7 +193,6 @@ def test_two_train_workers_on_two_cpus_keep_cpu_for_the_data_stages(tmp_path):
     assert sorted(steps) == [2, 4]  # rank 0 logs; the other rank does not
 
 
-@pytest.mark.skip(reason="written this session, fails on an idle 2-core machine (issue 15, open): the stall message's wording does not match the assertion")
 def test_starved_data_stage_is_named_after_the_stall_timeout(tmp_path):
     """``train.data_cpus=0`` with workers holding every CPU reproduces the old hang: the stall detector
     stops it with one line naming the starved stage and the free CPUs, exit 2."""
@@ -207,6 +204,7 @@ def test_starved_data_stage_is_named_after_the_stall_timeout(tmp_path):
     error = [line for line in text.splitlines() if line.startswith("error: ")]
     assert len(error) == 1, text[-3000:]
     assert "no training progress for" in error[0] and "train.stall_timeout_s=20" in error[0]
-    assert "data stages feeding training are starved" in error[0] and "ReadParquet" in error[0]
+    assert "data stages feeding training are starved" in error[0]
+    assert "Parquet" in error[0] and "MapBatches(CropCachedSamples)" in error[0]  # the stages, by Ray's names
     assert "the cluster has 0 of 2 CPU free" in error[0]
     assert time.time() - started < 400

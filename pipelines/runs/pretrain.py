@@ -125,6 +125,14 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks: list
             threads=int(cfg.train.threads_per_worker or max(1, int(cpus_per_worker))),
             mlflow_run_id=tracker.run_id, tracking_uri=tracker.tracking_uri, run_dir=str(run_dir),
             callbacks=list(callbacks or []), data_seed=data_seed)
+        if not new_run:
+            from pipelines.training.loop import newest_checkpoint
+
+            found = newest_checkpoint(run_dir)
+            if found is not None:
+                settings.resume_checkpoint = found[0]
+                print(f"[sseg] --resume {run_name}: newest checkpoint on disk is step {found[1]} "
+                      f"({found[0]})", flush=True)
         summary = fit(settings, dataset, cfg, run_name, run_dir, cpus_per_worker)
         tracker.log_artifact(Path(summary["checkpoint"]) / CHECKPOINT_FILE, "checkpoints/final")
         if cfg.eval.labeled_split:

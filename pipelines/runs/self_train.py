@@ -211,6 +211,13 @@ def _run_stages(cfg, tracker, cache, parent_checkpoint, class_names, segment, tr
         threads=int(cfg.train.threads_per_worker or max(1, int(cfg.train.cpus_per_worker))),
         mlflow_run_id=tracker.run_id, tracking_uri=tracker.tracking_uri, run_dir=str(run_dir),
         callbacks=list(callbacks or []))
+    if info is not None:  # --resume: the newest checkpoint on disk, in case Ray Train never registered it
+        from pipelines.training.loop import newest_checkpoint
+
+        found = newest_checkpoint(run_dir)
+        if found is not None:
+            settings.resume_checkpoint = found[0]
+            print(f"[sseg] --resume {run_name}: newest checkpoint on disk is step {found[1]}", flush=True)
     tracker.log_params({"derived.total_steps": total_steps, "derived.warmup_steps": warmup_steps,
                         "derived.num_samples": num_samples})
     print(f"[sseg] self-training {run_name}: {total_steps} steps of {cfg.train.global_batch_size} images on "

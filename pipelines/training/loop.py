@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -59,6 +60,9 @@ class LoopSettings:
     # epoch e is seeded with data_seed·1000 + e, so a rerun sees the same batches (the dataset's own
     # random choices must be seeded too). None: Ray Data's fastest, non-deterministic order.
     data_seed: int | None = None
+    # A checkpoint directory to start from when Ray Train has none registered for this run (``--resume``
+    # after the driver was killed: the checkpoint is on disk but the controller never recorded it).
+    resume_checkpoint: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +123,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     step, position = 0, DataPosition()
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and settings.resume_checkpoint:
+        checkpoint = Checkpoint.from_directory(settings.resume_checkpoint)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             step, position = restore_training_state(directory, step_obj, map_location=device)
@@ -203,6 +209,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
             raise RuntimeError("the training data yielded no full batch: fewer samples than "
                                f"the global batch size {settings.global_batch_size}")
         epoch += 1
+
+
+def newest_checkpoint(run_dir: str | Path) -> tuple[str, int] | None:
+    """(directory, step) of the newest readable checkpoint under a run directory, or None; one that
+    cannot be read (cut short when its writer was killed) is passed over."""
+    from sseg.checkpoints import CHECKPOINT_FILE, load_checkpoint
+
+    found = []
+    for path in Path(run_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}"):
+        found.append((path.stat().st_mtime, path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            step = int(load_checkpoint(path).get("step", 0))
+        except Exception:  # noqa: BLE001 - a partial file: take the one before
+            continue
+        return str(path.parent), step
+    return None
 
 
 def make_trainer(settings: LoopSettings, dataset, *, run_name: str, storage_path: str, num_workers: int,
