@@ -173,7 +173,7 @@ def run_self_train(cfg: SelfTrainConfig, resume: str | None = None, callbacks: l
             (run_dir / RUN_INFO).write_text(json.dumps({"run_name": run_name, "mlflow_run_id": tracker.run_id,
                                                          "cache_key": cache.key}))
         result = _run_stages(cfg, tracker, cache, parent_checkpoint, class_names, segment, train_reader,
-                             val_reader, run_name, run_dir, callbacks)
+                             val_reader, run_name, run_dir, callbacks, resuming=not new_run)
         result.update(parent_run_id=parent_run_id, parent_checkpoint=str(parent_checkpoint), run_name=run_name,
                       seconds=time.perf_counter() - started)
         tracker.log_metrics({"seconds": result["seconds"]})
@@ -182,7 +182,7 @@ def run_self_train(cfg: SelfTrainConfig, resume: str | None = None, callbacks: l
 
 
 def _run_stages(cfg, tracker, cache, parent_checkpoint, class_names, segment, train_reader, val_reader,
-                run_name, run_dir, callbacks) -> dict:
+                run_name, run_dir, callbacks, resuming: bool = False) -> dict:
     from pipelines.runs.pretrain import fit
     from pipelines.stages.pseudo_labels import build_pseudo_label_cache, pseudo_label_statistics
     from pipelines.stages.self_train_data import count_rows, self_train_dataset
@@ -211,7 +211,7 @@ def _run_stages(cfg, tracker, cache, parent_checkpoint, class_names, segment, tr
         threads=int(cfg.train.threads_per_worker or max(1, int(cfg.train.cpus_per_worker))),
         mlflow_run_id=tracker.run_id, tracking_uri=tracker.tracking_uri, run_dir=str(run_dir),
         callbacks=list(callbacks or []))
-    if info is not None:  # --resume: the newest checkpoint on disk, in case Ray Train never registered it
+    if resuming:  # --resume: the newest checkpoint on disk, in case Ray Train never registered it
         from pipelines.training.loop import newest_checkpoint
 
         found = newest_checkpoint(run_dir)
