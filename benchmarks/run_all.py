@@ -5,6 +5,7 @@ line are collected per key path and reported as median [min, max]. Learning resu
 seeds, the world probes) are not here: they have their own commands in the README.
 
     python benchmarks/run_all.py [--repeats 3] [--only kmeans world ...]
+    python benchmarks/run_all.py --only memory --repeats 1   # 100k samples, object store capped at 1 GiB
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ BENCHMARKS = {
     "data": ["benchmarks/bench_data.py", "--images", "1000", "--repeats", "1"],
     "train_loop": ["benchmarks/bench_train_loop.py", "--mode", "both", "--steps", "40"],
     "eval": ["benchmarks/bench_eval.py"],
+    # ~11 min per repeat on 2 cores: only when named (--only memory)
+    "memory": ["benchmarks/bench_memory.py", "--samples", "100000", "--object-store-gib", "1"],
 }
+LONG = {"memory"}
 
 
 def numbers(value, prefix: str = "") -> dict[str, float]:
@@ -69,7 +73,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS))
     args = parser.parse_args()
-    for name in args.only or list(BENCHMARKS):
+    for name in args.only or [n for n in BENCHMARKS if n not in LONG]:
         runs = []
         for repeat in range(args.repeats):
             proc = subprocess.run([sys.executable, *BENCHMARKS[name]], cwd=ROOT, capture_output=True, text=True)

@@ -83,6 +83,9 @@ class TrainConfig(StrictModel):
     # CPUs each training worker holds. None: 1, lowered so that num_workers × it + data_cpus fits the
     # cluster (an explicit value that does not fit is a one-line error before any work).
     cpus_per_worker: float | None = Field(default=None, gt=0)
+    # how Ray Train places the workers on a multi-node cluster: PACK (fewest nodes, Ray's default) or
+    # SPREAD (one per node where possible, e.g. to use every node's network and memory)
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"
     # CPUs kept free for the Ray Data stages that feed training while it runs (Ray Data only gets what
     # the training workers do not hold; with 0 CPU left the stream stops and training waits forever).
     data_cpus: float = Field(default=1, ge=0)
@@ -264,6 +267,7 @@ class SemiVLTrainConfig(StrictModel):
     num_workers: int = Field(default=1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # see TrainConfig
     threads_per_worker: int | None = Field(default=2, gt=0)
     max_failures: int = Field(default=1, ge=0)
     stall_timeout_s: float | None = Field(default=600, gt=0)  # see TrainConfig; None: never
@@ -367,9 +371,15 @@ class SelfTrainTrainConfig(StrictModel):
     crop_size: int | None = Field(default=None, gt=7)  # None: model.image_size
     crop_scale: tuple[float, float] = (0.5, 1.0)
     hflip: bool = True
+    # cross-entropy class weights from the pseudo-labels' kept pixel counts: "none" (the paper's plain
+    # cross-entropy) or "inverse_sqrt" (w ∝ frequency^-1/2, pixel-weighted mean 1, cap 10), so the
+    # teacher's rare, small classes are not drowned by the large ones
+    class_balance: Literal["none", "inverse_sqrt"] = "none"
+    class_weights: list[float] | None = None  # set by the run from the pseudo-labels when class_balance is on
     num_workers: int = Field(default=1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # see TrainConfig
     threads_per_worker: int | None = Field(default=None, gt=0)  # torch threads; None: cpus_per_worker
     stall_timeout_s: float | None = Field(default=300, gt=0)
     max_failures: int = Field(default=2, ge=0)

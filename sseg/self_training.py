@@ -31,6 +31,20 @@ def build_sseg_plus_optimizer(model: UperNetViT, lr: float, weight_decay: float,
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
+def balanced_class_weights(pixel_counts: list[int], max_weight: float = 10.0) -> list[float]:
+    """Inverse-square-root frequency weights (milder than SegNet's median-frequency balancing):
+    w_c ∝ f_c^-1/2, scaled so that the pixel-weighted mean Σ f_c·w_c is 1 (the loss keeps its size),
+    capped at ``max_weight``; a class without pixels gets the cap (it adds nothing to the loss anyway)."""
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        raise ValueError("no labelled pixel to weight classes by")
+    freq = counts / counts.sum()
+    raw = np.where(freq > 0, 1.0 / np.sqrt(np.maximum(freq, 1e-12)), 0.0)
+    weights = raw / float((freq * raw).sum())
+    weights = np.where(freq > 0, np.minimum(weights, max_weight), max_weight)
+    return [float(w) for w in weights]
+
+
 class SSegPlusStep:
     """numpy batch {"image" uint8 [B,H,W,3], "label" uint8 [B,H,W] (255 = ignore)} → one optimizer step."""
 
@@ -39,8 +53,11 @@ class SSegPlusStep:
     progress_keys = (("labelled_fraction", "labelled"), ("lr", "lr"))
 
     def __init__(self, model: UperNetViT, optimizer: torch.optim.Optimizer, scheduler: Any, model_config: dict,
-                 device: torch.device, grad_clip: float | None = None, bf16: bool = False):
+                 device: torch.device, grad_clip: float | None = None, bf16: bool = False,
+                 class_weights: list[float] | None = None):
         self.model = model
+        self.class_weights = (None if class_weights is None
+                              else torch.tensor(class_weights, dtype=torch.float32, device=device))
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.model_config = model_config
@@ -51,13 +68,14 @@ class SSegPlusStep:
     @classmethod
     def create(cls, model_config: dict, *, device: torch.device, lr: float, weight_decay: float,
                betas: tuple[float, float], layer_decay: float, total_steps: int, warmup_steps: int,
-               poly_power: float = 1.0, grad_clip: float | None = None, bf16: bool = False) -> "SSegPlusStep":
+               poly_power: float = 1.0, grad_clip: float | None = None, bf16: bool = False,
+               class_weights: list[float] | None = None) -> "SSegPlusStep":
         from sseg.models.registry import create_model
 
         model = create_model(SSEG_PLUS_MODEL, model_config).to(device)
         optimizer = build_sseg_plus_optimizer(model, lr, weight_decay, betas, layer_decay)
         scheduler = poly_with_warmup(optimizer, total_steps, warmup_steps, power=poly_power)
-        return cls(model, optimizer, scheduler, model_config, device, grad_clip, bf16)
+        return cls(model, optimizer, scheduler, model_config, device, grad_clip, bf16, class_weights)
 
     def run(self, batch: dict) -> dict[str, float]:
         images = to_normalized_tensor(torch.as_tensor(np.asarray(batch["image"]))).to(self.device, non_blocking=True)
@@ -65,7 +83,7 @@ class SSegPlusStep:
         self.model.train()
         with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(images)
-        loss = segmentation_loss(logits.float(), labels, IGNORE_INDEX)
+        loss = segmentation_loss(logits.float(), labels, IGNORE_INDEX, self.class_weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         metrics: dict[str, float] = {}

@@ -35,3 +35,14 @@ def exit_once_at_step_3(event: dict) -> None:
                                       "checkpoint_steps": checkpoint_steps(event["run_dir"])}))
         print(f"[test] fault injection: worker exits after step {event['step']}", flush=True)
         os._exit(1)
+
+
+def record_node(event: dict) -> None:
+    """Each worker notes, once per process, the Ray node it runs on: ``<run_dir>/nodes/<rank>-<pid>``
+    holds the node id (the multi-node test checks the workers sat on different raylets)."""
+    import ray
+
+    marker = Path(event["run_dir"]) / "nodes" / f"{event['rank']}-{os.getpid()}"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(ray.get_runtime_context().get_node_id())

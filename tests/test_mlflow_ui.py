@@ -80,6 +80,33 @@ def compare_runs_url(base_url: str, run_ids: list[str], experiment_ids: list[str
             f"&experiments={json.dumps(experiment_ids)}")
 
 
+METRIC_ROW_JS = """([names, values, key]) => {
+    const cells = g => [...g.querySelectorAll('[role=rowgroup] > *')];
+    const named = cells(names).find(c => c.innerText.trim() === key);
+    if (!named) return null;
+    return [key, ...cells(values).filter(c => c.style.top === named.style.top)
+                                 .sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left))
+                                 .map(c => c.innerText.trim())]; }"""
+
+
+def metric_rows(page, keys, first_metric):
+    """MLflow's compare page draws metrics as two virtualised grids (names | values, scrolled together):
+    scroll through them and read each key's row as [key, value of run 1, value of run 2, ...]."""
+    grids = page.locator("[role=grid]")
+    index = next(i for i in range(grids.count()) if first_metric in grids.nth(i).inner_text().split())
+    names, values = grids.nth(index).element_handle(), grids.nth(index + 1).element_handle()
+    rows = {}
+    for top in range(0, names.evaluate("g => g.scrollHeight"), 150):
+        for grid in (names, values):
+            grid.evaluate("(g, t) => { g.scrollTop = t; }", top)
+        page.wait_for_timeout(150)
+        for key in set(keys) - set(rows):
+            row = page.evaluate(METRIC_ROW_JS, [names, values, key])
+            if row:
+                rows[key] = row
+    return rows
+
+
 def _live_members_of_group(pgid: int) -> list[int]:
     """Pids in process group ``pgid`` that are not zombies (from /proc/<pid>/stat)."""
     members = []

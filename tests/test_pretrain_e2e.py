@@ -217,3 +217,54 @@ def test_gpu_request_on_a_cpu_cluster_fails_early(ray_session, workdir, monkeypa
     monkeypatch.chdir(workdir)
     with pytest.raises(SsegError, match="asks for GPUs but the Ray cluster has none"):
         main(TINY + ["train.use_gpu=true", "train.steps=2"])
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(600)
+def test_compare_page_shows_two_real_pretraining_runs(ray_session, trained, workdir, monkeypatch, capsys):
+    """The MLflow compare page over two runs the pretraining job produced (the faulty run and one at
+    another lr), served by a real tracking server on this module's store, in headless Chromium: their
+    ``train.lr`` params and ``eval.miou`` / ``train.loss`` metrics side by side; the screenshot is kept."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.pretrain import main
+    from tests._mlflow_server import running_mlflow_server
+    from tests.test_mlflow_ui import CHROMIUM, CHROMIUM_ARGS, RENDER_TIMEOUT_MS, _artifacts_dir, \
+        _require_browser, compare_runs_url, metric_rows
+
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    assert main(TINY + ["train.steps=4", "train.lr=0.003", "tracking.run_name=lr-0.003"]) == 0
+    other = _last_json(capsys)["mlflow_run_id"]
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = [client.get_run(trained["mlflow_run_id"]), client.get_run(other)]
+    assert runs[0].data.params["train.lr"] != runs[1].data.params["train.lr"] == "0.003"
+
+    with running_mlflow_server(workdir) as server:
+        url = compare_runs_url(server.url, [r.info.run_id for r in runs], [runs[0].info.experiment_id])
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 4000})
+                page.goto(url)
+                for text in ["Comparing 2 Runs from 1 Experiment", "lr-0.003", "train.lr"]:
+                    page.get_by_text(text).first.wait_for(timeout=RENDER_TIMEOUT_MS)
+                body = page.inner_text("body")
+                rows = {name: page.locator("tr", has_text=name).first.inner_text().split()
+                        for name in ["Run Name:", "train.lr"]}
+                page.screenshot(path=str(_artifacts_dir() / "mlflow_compare_real_runs.png"))
+                metrics = metric_rows(page, ["eval.miou", "train.loss"], first_metric="eval.eval_images")
+            finally:
+                browser.close()
+
+    assert rows["Run Name:"] == ["Run", "Name:", "faulty", "lr-0.003"]
+    assert rows["train.lr"] == ["train.lr", runs[0].data.params["train.lr"], "0.003"]
+    assert "Comparing 2 Runs from 1 Experiment" in body
+    # each run's latest value as the tracking store has it, as the page rounds it (3 decimals or 4 digits)
+    for key in ("eval.miou", "train.loss"):
+        name, *shown = metrics[key]
+        expected = [run.data.metrics[key] for run in runs]
+        assert [float(v) for v in shown] == pytest.approx(expected, rel=2e-3, abs=6e-4), (key, shown, expected)

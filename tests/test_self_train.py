@@ -339,3 +339,33 @@ def test_self_train_job_end_to_end(ray_session, tiny_world, tmp_path, monkeypatc
     (tmp_path / "empty" / "ImageSets" / "Segmentation" / "val.txt").write_text("x\n")
     (tmp_path / "empty" / "class_names.txt").write_text("sky\n")
     assert "split file is empty" in one_line_error(args + [f"checkpoint={checkpoint}", f"target.root={tmp_path / 'empty'}"])
+
+
+def test_balanced_class_weights_known_answer():
+    from sseg.self_training import balanced_class_weights
+
+    # frequencies 0.64 / 0.32 / 0.04 / 0: raw weights 1.25, 1.768, 5 → pixel-weighted mean 1.5657
+    weights = balanced_class_weights([64, 32, 4, 0])
+    raw = np.array([1 / 0.8, 1 / np.sqrt(0.32), 1 / 0.2])
+    expected = raw / float((np.array([0.64, 0.32, 0.04]) * raw).sum())
+    assert weights[:3] == pytest.approx(expected.tolist(), rel=1e-9)
+    assert weights[3] == 10.0  # no pixels: the cap
+    assert float(np.dot([0.64, 0.32, 0.04], weights[:3])) == pytest.approx(1.0)
+    assert balanced_class_weights([1_000_000, 1])[1] == 10.0  # capped
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        balanced_class_weights([0, 0])
+
+
+def test_weighted_segmentation_loss_is_the_weighted_mean_of_pixel_losses():
+    from sseg.models.upernet import IGNORE_INDEX, segmentation_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4)
+    labels = torch.randint(0, 3, (2, 4, 4))
+    labels[0, 0, 0] = IGNORE_INDEX
+    weights = torch.tensor([0.5, 1.0, 4.0])
+    per_pixel = -torch.log_softmax(logits, 1).gather(1, labels.clamp(max=2).unsqueeze(1)).squeeze(1)
+    valid = labels != IGNORE_INDEX
+    w = weights[labels.clamp(max=2)] * valid
+    expected = (per_pixel * w).sum() / w.sum()
+    assert float(segmentation_loss(logits, labels, IGNORE_INDEX, weights)) == pytest.approx(float(expected), rel=1e-6)

@@ -178,7 +178,8 @@ def fit(settings: LoopSettings, dataset, cfg: PretrainConfig, run_name: str, run
     trainer = make_trainer(settings, dataset, run_name=run_name, storage_path=cfg.storage_path,
                            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                            cpus_per_worker=cpus_per_worker or cfg.train.cpus_per_worker,
-                           max_failures=cfg.train.max_failures, checkpoints_to_keep=cfg.train.checkpoints_to_keep)
+                           max_failures=cfg.train.max_failures, checkpoints_to_keep=cfg.train.checkpoints_to_keep,
+                           placement_strategy=cfg.train.placement_strategy)
     worker_resources = {"CPU": cpus_per_worker or cfg.train.cpus_per_worker or 1.0,
                         **({"GPU": 1} if cfg.train.use_gpu else {})}
     stages = data_stage_names(dataset)

@@ -201,6 +201,14 @@ def _run_stages(cfg, tracker, cache, parent_checkpoint, class_names, segment, tr
         raise DataError(f"only {num_samples} pseudo-labelled images: fewer than train.global_batch_size="
                         f"{cfg.train.global_batch_size}")
     total_steps, warmup_steps = cfg.train.steps, min(cfg.train.warmup_steps, cfg.train.steps)
+    if cfg.train.class_balance != "none":
+        from sseg.self_training import balanced_class_weights
+
+        weights = balanced_class_weights([stats["class_histogram_kept"][name] for name in class_names])
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"class_weights": weights})})
+        tracker.log_params({"derived.class_weights": json.dumps([round(w, 3) for w in weights])})
+        print("[sseg] class weights (" + cfg.train.class_balance + "): "
+              + ", ".join(f"{n} {w:.2f}" for n, w in zip(class_names, weights)), flush=True)
     data = self_train_dataset(files, cfg.train.crop_size or cfg.model.image_size, cfg.train.crop_scale,
                               cfg.pseudo_labels.confidence_threshold, cfg.train.hflip)
     settings = LoopSettings(

@@ -229,8 +229,10 @@ def newest_checkpoint(run_dir: str | Path) -> tuple[str, int] | None:
 
 
 def make_trainer(settings: LoopSettings, dataset, *, run_name: str, storage_path: str, num_workers: int,
-                 use_gpu: bool, cpus_per_worker: float | None, max_failures: int, checkpoints_to_keep: int):
-    """``cpus_per_worker``: None means 1 (use :func:`plan_worker_cpus` to fit it to the cluster)."""
+                 use_gpu: bool, cpus_per_worker: float | None, max_failures: int, checkpoints_to_keep: int,
+                 placement_strategy: str = "PACK"):
+    """``cpus_per_worker``: None means 1 (use :func:`plan_worker_cpus` to fit it to the cluster);
+    ``placement_strategy``: Ray Train's PACK (default) or SPREAD across nodes."""
     from pathlib import Path
 
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -249,7 +251,8 @@ def make_trainer(settings: LoopSettings, dataset, *, run_name: str, storage_path
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": 1.0 if cpus_per_worker is None
                                                            else cpus_per_worker,
-                                                           **({"GPU": 1} if use_gpu else {})}),
+                                                           **({"GPU": 1} if use_gpu else {})},
+                                     placement_strategy=placement_strategy),
         run_config=RunConfig(
             name=run_name, storage_path=str(Path(storage_path).resolve()),
             failure_config=FailureConfig(max_failures=max_failures),

@@ -19,4 +19,4 @@ def build_self_train_step(config: dict, *, device: torch.device, rank: int, worl
                                weight_decay=cfg.train.weight_decay, betas=tuple(cfg.train.betas),
                                layer_decay=cfg.train.layer_decay, total_steps=total_steps,
                                warmup_steps=warmup_steps, poly_power=cfg.train.poly_power,
-                               grad_clip=cfg.train.grad_clip, bf16=bf16)
+                               grad_clip=cfg.train.grad_clip, bf16=bf16, class_weights=cfg.train.class_weights)

@@ -269,13 +269,15 @@ class UperNetViT(nn.Module):
         return {"pred_masks": self(images)}
 
 
-def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX,
+                      class_weights: Tensor | None = None) -> Tensor:
     """Cross-entropy of logits ``[B, K, h, w]`` upsampled to the labels ``[B, H, W]`` (mmseg's decode-head
-    loss); pixels labelled ``ignore_index`` add nothing. A batch with no labelled pixel gives a zero loss
-    that still backpropagates (zero gradients), so every DDP worker runs the same backward."""
+    loss); pixels labelled ``ignore_index`` add nothing. With ``class_weights`` [K], the weighted mean
+    Σ w_y·CE / Σ w_y (PyTorch's). A batch with no labelled pixel gives a zero loss that still
+    backpropagates (zero gradients), so every DDP worker runs the same backward."""
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     valid = labels != ignore_index
     if not bool(valid.any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index)
+    return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, weight=class_weights)
