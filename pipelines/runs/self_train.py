@@ -163,8 +163,16 @@ def run_self_train(cfg: SelfTrainConfig, resume: str | None = None, callbacks: l
     new_run = info is None
     tags = {"sseg.dataset": cfg.target.dataset, "sseg.pseudo_label_cache": cache.key,
             "sseg.note": "S-Seg+: UperNet-ViT trained on S-Seg pseudo-labels (seed 004 sec. 3.3.4)"}
+    deviations = []
     if not cfg.model.backbone_checkpoint:
-        tags["sseg.deviation"] = "ViT backbone randomly initialised (no MAE weights given; the paper uses MAE)"
+        deviations.append("ViT backbone randomly initialised (no MAE weights given; the paper uses MAE)")
+    if cfg.train.class_balance != "none":
+        deviations.append(f"class-balanced cross-entropy ({cfg.train.class_balance}; the paper: plain)")
+    if segment.get("flip") or list(segment.get("scales", [1.0])) != [1.0]:
+        deviations.append(f"pseudo-labels with test-time augmentation (flip={segment.get('flip')}, "
+                          f"scales={list(segment.get('scales', [1.0]))})")
+    if deviations:
+        tags["sseg.deviation"] = "; ".join(deviations)
     with tracked_run(cfg.tracking.experiment, stage="self-train", run_name=run_name,
                      run_id=None if new_run else info["mlflow_run_id"], parent_run_id=parent_run_id, tags=tags,
                      params=flatten(cfg) if new_run else None,
