@@ -426,7 +426,7 @@ class SelfTrainConfig(StrictModel):
     # and, measured on the world (README, S-Seg+): class-balanced cross-entropy, every pseudo-labelled pixel
     # kept, pseudo-labels from flip + 1.5× test-time augmentation (each named as a deviation)
     train: SelfTrainTrainConfig = SelfTrainTrainConfig(steps=1600, lr=1e-3, layer_decay=0.9, warmup_steps=100,
-                                                       class_balance="inverse_sqrt")
+                                                       class_balance="inverse_sqrt", threads_per_worker=2)
     eval: SelfTrainEvalConfig = SelfTrainEvalConfig()
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()
