@@ -1,5 +1,5 @@
-"""`ray job submit` of the tiny pretraining against a local head started by scripts/local_cluster.sh;
-the run lands on the cluster's MLflow tracking server."""
+"""`ray job submit` of the tiny pretraining, then of the tiny S-Seg+ run from it, against a local head
+started by scripts/local_cluster.sh; both runs land on the cluster's MLflow tracking server, linked."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def local_cluster(tmp_path):
         shutil.rmtree(env["RAY_TEMP_DIR"], ignore_errors=True)
 
 
-def test_submit_tiny_pretrain_and_find_its_run(local_cluster):
+def test_submit_tiny_pretrain_then_self_train_and_find_their_runs(local_cluster):
     env = local_cluster
     ray = str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv/bin/ray").exists() else "ray"
     proc = subprocess.run(
@@ -63,6 +63,19 @@ def test_submit_tiny_pretrain_and_find_its_run(local_cluster):
     assert run.info.run_name == "submitted" and run.info.status == "FINISHED"
     assert run.data.params["train.steps"] == "4" and "eval.miou" in run.data.metrics
     assert client.get_experiment(run.info.experiment_id).name == "sseg-pretrain"
+
+    # the next stage on the same cluster: S-Seg+ from that run, its lineage on the cluster's MLflow
+    proc = subprocess.run(
+        [ray, "job", "submit", "--address", env["RAY_ADDRESS"], "--working-dir", ".", "--",
+         "python", "jobs/self_train.py", "--config", "configs/self_train_tiny.yaml",
+         f"checkpoint={result['mlflow_run_id']}", "tracking.run_name=submitted-plus"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    plus = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert plus["steps"] == 4 and {"sseg_miou", "sseg_plus_miou", "gain"} <= set(plus)
+    run = client.get_run(plus["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["sseg.stage"] == "self-train"
+    assert run.data.tags["sseg.parent_run_id"] == result["mlflow_run_id"]
 
 
 def test_submit_without_a_cluster_fails_fast():
