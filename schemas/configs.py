@@ -275,6 +275,7 @@ class SemiVLTrainConfig(StrictModel):
     checkpoint_every: int = Field(default=200, gt=0)
     checkpoints_to_keep: int = Field(default=1, gt=0)
     shuffle_buffer: int = Field(default=256, ge=0)
+    deterministic_data: bool = True  # see TrainConfig: views and batch order follow from train.seed
 
 
 class SemiVLEvalConfig(StrictModel):

@@ -272,6 +272,42 @@ def test_splits(tmp_path):
         check_split(read_split(tmp_path / "u"), [f"id{i}" for i in range(20)], "the pool")
 
 
+def test_pair_rows_cycles_the_smaller_set():
+    from pipelines.stages.semivl_data import pair_rows
+
+    labeled = ([f"l{i}.jpg" for i in range(3)], [f"l{i}.png" for i in range(3)])
+    rows = pair_rows(labeled, [f"u{i}.jpg" for i in range(7)], seed=0)
+    assert [r["image_u"] for r in rows] == [f"u{i}.jpg" for i in range(7)]
+    counts = np.bincount([int(r["image_l"][1]) for r in rows], minlength=3)
+    assert sorted(counts) == [2, 2, 3]  # each labelled image 7/3 times, rounded
+    assert all(r["label_l"] == r["image_l"].replace(".jpg", ".png") for r in rows)
+    # a labelled set larger than the unlabelled one (a fully supervised reference) is not truncated
+    big = ([f"l{i}.jpg" for i in range(10)], [f"l{i}.png" for i in range(10)])
+    rows = pair_rows(big, ["u0.jpg", "u1.jpg"], seed=0)
+    assert sorted(r["image_l"] for r in rows) == sorted(big[0])
+    assert [r["image_u"] for r in rows] == ["u0.jpg", "u1.jpg"] * 5
+    assert [r["row"] for r in rows] == list(range(10))
+
+
+def test_seeded_weak_views_repeat_per_seed_and_change_per_epoch(tiny_world, monkeypatch):
+    from pipelines.stages import semivl_data
+    from sseg.data.datasets import build_dataset
+
+    reader = build_dataset("world", str(tiny_world / "voc"), "train")
+    images, labels = reader.image_paths[:4], reader.label_paths[:4]
+    batch = {"row": np.arange(4), "image_l": np.array(images), "label_l": np.array(labels),
+             "image_u": np.array(images[::-1])}
+
+    def views(seed, epoch):
+        monkeypatch.setattr(semivl_data, "_execution_index", lambda: epoch)
+        return semivl_data.weak_views(batch, crop=32, scale=(0.5, 2.0), num_classes=14, seed=seed)
+
+    first = views(0, 0)
+    assert all(np.array_equal(first[k], views(0, 0)[k]) for k in first)
+    assert not np.array_equal(first["image_u"], views(0, 1)["image_u"])
+    assert not np.array_equal(first["image_u"], views(1, 0)["image_u"])
+
+
 # ----------------------------------------------------------------------------- end to end (Ray + MLflow)
 
 E2E_HEAD = ["model.channels=16", "model.text_channels=16", "model.up_channels=[8,8]", "model.skip_channels=[4,4]",

@@ -197,7 +197,8 @@ def run_semivl(cfg: SemiVLConfig, *, extra_tags: dict | None = None, prepared: P
                             "derived.num_unlabeled": len(prep.split.unlabeled),
                             "derived.vlm_checkpoint": str(prep.vlm_checkpoint)})
         dataset = semivl_dataset(prep.labeled_paths, prep.unlabeled_paths, crop=cfg.data.crop_size,
-                                 scale=cfg.data.scale, num_classes=len(prep.class_names), seed=cfg.train.seed)
+                                 scale=cfg.data.scale, num_classes=len(prep.class_names), seed=cfg.train.seed,
+                                 deterministic=cfg.train.deterministic_data)
         print(f"[sseg] SemiVL run {run_name}: {cfg.train.steps} steps of {cfg.train.batch_size} labelled + "
               f"{cfg.train.batch_size} unlabelled images ({len(prep.split.labeled)} labelled, "
               f"{len(prep.split.unlabeled)} unlabelled); MLflow run {tracker.run_id}", flush=True)
@@ -211,7 +212,8 @@ def run_semivl(cfg: SemiVLConfig, *, extra_tags: dict | None = None, prepared: P
             checkpoint_every=cfg.train.checkpoint_every, shuffle_buffer=cfg.train.shuffle_buffer,
             threads=int(cfg.train.threads_per_worker or max(1, int(cfg.train.cpus_per_worker))),
             mlflow_run_id=tracker.run_id, tracking_uri=tracker.tracking_uri, run_dir=str(run_dir),
-            callbacks=list(callbacks or []))
+            callbacks=list(callbacks or []),
+            data_seed=cfg.train.seed if cfg.train.deterministic_data else None)
         summary = fit(settings, dataset, cfg, run_name, run_dir)
         tracker.log_artifact(Path(summary["checkpoint"]) / CHECKPOINT_FILE, "checkpoints/final")
         summary.update(evaluate_semivl(cfg, prep, Path(summary["checkpoint"]), tracker))

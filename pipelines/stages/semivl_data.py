@@ -4,7 +4,8 @@
 One dataset with both kinds in a row (rather than two streams) keeps the generic loop unchanged: its
 worker shard, equal batch counts and resume work as for any stage. The rows enumerate the unlabelled
 set once per epoch; the labelled set is cycled over them in a seeded order (SemiVL / UniMatch repeat the
-labelled set to the unlabelled set's length the same way).
+labelled set to the unlabelled set's length the same way). When the labelled set is the larger one (a
+fully supervised reference), the rows enumerate it instead and the unlabelled images are cycled.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import zlib
+
 import numpy as np
 import ray
+
+from pipelines.stages.train_data import _execution_index
 
 
 def resolve_paths(reader, ids: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -22,15 +27,19 @@ def resolve_paths(reader, ids: Sequence[str]) -> tuple[list[str], list[str]]:
             [str(Path(reader.label_paths[index[i]]).resolve()) for i in ids])
 
 
-def weak_views(batch: dict, crop: int, scale: tuple[float, float], num_classes: int) -> dict:
+def weak_views(batch: dict, crop: int, scale: tuple[float, float], num_classes: int,
+               seed: int | None = None) -> dict:
     """Ray Data map: paths → uint8 weak views (``image_l``, ``label_l``, ``image_u``, ``ignore_u``).
-    Fresh randomness on every pass (an epoch sees new views)."""
+    Fresh views on every pass (an epoch sees new views). With a seed, the views of a row come from
+    (seed, row index, epoch), so a rerun with the same seed sees the same views; None: random."""
     from sseg.data.readers.base import clean_label, read_image, read_label
     from sseg.semivl.augment import weak_view
 
-    rng = np.random.default_rng()
+    epoch = _execution_index() if seed is not None else 0
+    free_rng = np.random.default_rng()
     out = {"image_l": [], "label_l": [], "image_u": [], "ignore_u": []}
-    for lpath, mpath, upath in zip(batch["image_l"], batch["label_l"], batch["image_u"]):
+    for row, lpath, mpath, upath in zip(batch["row"], batch["image_l"], batch["label_l"], batch["image_u"]):
+        rng = free_rng if seed is None else np.random.default_rng([int(row), epoch, seed])
         label = clean_label(read_label(Path(mpath)), num_classes)
         img, lab = weak_view(read_image(Path(lpath)), label, crop, rng, scale)
         out["image_l"].append(img)
@@ -41,12 +50,24 @@ def weak_views(batch: dict, crop: int, scale: tuple[float, float], num_classes: 
     return {k: np.stack(v) for k, v in out.items()}
 
 
-def semivl_dataset(labeled: tuple[list[str], list[str]], unlabeled: list[str], *, crop: int,
-                   scale: tuple[float, float], num_classes: int, seed: int) -> ray.data.Dataset:
-    """``labeled`` = (image paths, label paths); ``unlabeled`` = image paths."""
+def pair_rows(labeled: tuple[list[str], list[str]], unlabeled: list[str], seed: int) -> list[dict]:
+    """One row per image of the larger set; the smaller set is cycled over them (the labelled set in a
+    seeded order)."""
     images_l, labels_l = labeled
-    order = np.random.default_rng(seed).permutation(np.resize(np.arange(len(images_l)), len(unlabeled)))
-    rows = [{"image_l": images_l[j], "label_l": labels_l[j], "image_u": u} for j, u in zip(order, unlabeled)]
+    n = max(len(images_l), len(unlabeled))
+    order = np.random.default_rng(seed).permutation(np.resize(np.arange(len(images_l)), n))
+    unlabeled_cycled = [unlabeled[i % len(unlabeled)] for i in range(n)]
+    return [{"row": i, "image_l": images_l[j], "label_l": labels_l[j], "image_u": u}
+            for i, (j, u) in enumerate(zip(order, unlabeled_cycled))]
+
+
+def semivl_dataset(labeled: tuple[list[str], list[str]], unlabeled: list[str], *, crop: int,
+                   scale: tuple[float, float], num_classes: int, seed: int,
+                   deterministic: bool = True) -> ray.data.Dataset:
+    """``labeled`` = (image paths, label paths); ``unlabeled`` = image paths. ``deterministic``: every
+    view follows from ``seed`` (the trainer must also preserve the row order: LoopSettings.data_seed)."""
+    rows = pair_rows(labeled, unlabeled, seed)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(8, len(rows) // 64)))
-    return ds.map_batches(weak_views, fn_kwargs=dict(crop=crop, scale=tuple(scale), num_classes=num_classes),
+    return ds.map_batches(weak_views, fn_kwargs=dict(crop=crop, scale=tuple(scale), num_classes=num_classes,
+                                                     seed=seed if deterministic else None),
                           batch_size=64, batch_format="numpy")
