@@ -25,6 +25,9 @@ BENCHMARKS = {
     "data": ["benchmarks/bench_data.py", "--images", "1000", "--repeats", "1"],
     "train_loop": ["benchmarks/bench_train_loop.py", "--mode", "both", "--steps", "40"],
     "eval": ["benchmarks/bench_eval.py"],
+    # S-Seg+'s student step (UperNet-ViT, 14 classes); its pseudo-labelling benchmark needs a trained
+    # checkpoint (`bench_self_train.py pseudo --checkpoint …`) and is run by hand
+    "self_train_step": ["benchmarks/bench_self_train.py", "train", "--classes", "14"],
     # ~11 min per repeat on 2 cores: only when named (--only memory)
     "memory": ["benchmarks/bench_memory.py", "--samples", "100000", "--object-store-gib", "1"],
 }
