@@ -23,6 +23,7 @@ BENCHMARKS = {
     "kmeans": ["benchmarks/bench_kmeans.py"],
     "model_step": ["benchmarks/bench_model_step.py"],
     "data": ["benchmarks/bench_data.py", "--images", "1000", "--repeats", "1"],
+    "data_startup": ["benchmarks/bench_data_startup.py"],
     "train_loop": ["benchmarks/bench_train_loop.py", "--mode", "both", "--steps", "40"],
     "eval": ["benchmarks/bench_eval.py"],
     # S-Seg+'s student step (UperNet-ViT, 14 classes); its pseudo-labelling benchmark needs a trained
