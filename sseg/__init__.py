@@ -1,11 +1,12 @@
 """sseg: open-vocabulary semantic segmentation learned from image-text pairs.
 
-Importing the package applies the narrow torchvision fix from :mod:`sseg._compat`, so every
-process that imports sseg (Ray workers included) can import timm and open_clip.
+Importing the package installs the narrow torchvision fix from :mod:`sseg._compat` (applied on the
+first ``import torchvision``), so every process that imports sseg (Ray workers included) can import timm
+and open_clip, and one that never needs torch does not load it.
 """
 
-from sseg._compat import ensure_torchvision_importable
+from sseg._compat import install_torchvision_hook
 
-ensure_torchvision_importable()
+install_torchvision_hook()
 
 __version__ = "0.1.0"

@@ -10,9 +10,11 @@ sseg decodes images with Pillow and never calls them.
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import logging
 import os
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +69,26 @@ def ensure_torchvision_importable() -> bool:
     log.info("torchvision C extension unavailable (CPU torch + CUDA torchvision): "
              "declared nms/qnms schemas so the pure-Python parts import")
     return True
+
+
+class _FixBeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Runs :func:`ensure_torchvision_importable` just before the first ``import torchvision``, so that
+    importing sseg does not import torch: a Ray Data worker that only decodes images never loads it
+    (≈ 1 s and a few hundred MB per fresh worker; benchmarks/bench_data_startup.py)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "torchvision":
+            remove_torchvision_hook()
+            ensure_torchvision_importable()
+        return None  # the regular finders import it
+
+
+def install_torchvision_hook() -> None:
+    """Apply the torchvision fix lazily, on the first ``import torchvision`` of the process."""
+    if "torchvision" in sys.modules or any(isinstance(f, _FixBeforeTorchvision) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _FixBeforeTorchvision())
+
+
+def remove_torchvision_hook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _FixBeforeTorchvision)]

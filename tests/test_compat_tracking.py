@@ -17,11 +17,24 @@ def test_torchvision_timm_open_clip_import_in_a_fresh_process():
 
 
 def test_patch_only_when_the_c_extension_fails():
-    from sseg import _compat
-
-    loads = _compat._torchvision_c_extension_loads()
+    # In a fresh process: the fix runs on the first `import torchvision`, not on `import sseg`.
+    code = ("import sys, sseg; from sseg import _compat; before = _compat._PATCHED; import torchvision; "
+            "print(before, _compat._PATCHED, _compat._torchvision_c_extension_loads())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    before, patched, loads = proc.stdout.split()
     # Either the extension loads (nothing patched) or it fails and the schemas were declared.
-    assert _compat._PATCHED is (not loads)
+    assert before == "False" and patched == str(loads == "False")
+
+
+def test_decoding_images_does_not_load_torch():
+    """Ray Data's decode workers import the decode stage only: torch (≈ 1 s per fresh worker) stays out."""
+    code = ("import sys, numpy as np, pipelines.io.shards as s; "
+            "out = s.DecodeSamples(32, 'eval')({'key': ['a'], 'shard': ['x'], 'image': [None], 'caption': ['c'], "
+            "'meta': ['{}'], 'error': [None]}); print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "False"
 
 
 def test_tracker_logs_params_metrics_and_rank_gating(mlflow_uri, tmp_path):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -85,6 +88,8 @@ def center_square_labels(labels: np.ndarray, size: int) -> np.ndarray:
 
 def to_normalized_tensor(images: np.ndarray | torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """uint8 [B,H,W,3] → float [B,3,H,W] normalised."""
+    import torch  # here, not at the top: Ray Data's decode workers use this module without torch
+
     x = torch.as_tensor(images)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     mean_t = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
