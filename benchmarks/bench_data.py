@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from sseg.data.world import WorldConfig, ensure_world
+    from sseg.world import WorldConfig, ensure_world
 
     world = ensure_world(args.world, WorldConfig(seed=1, image_size=args.image_size, num_train=args.images,
                                                  num_val=0, num_labeled_train=0, shard_size=250))

@@ -35,7 +35,7 @@ def main() -> None:
     import ray
 
     from pipelines.io.shards import DecodeSamples, read_shards
-    from sseg.data.world import WorldConfig, ensure_world
+    from sseg.world import WorldConfig, ensure_world
 
     world = ensure_world(args.world, WorldConfig(seed=1, image_size=256, num_train=args.images, num_val=0,
                                                  num_labeled_train=0, shard_size=250))

@@ -107,7 +107,7 @@ def main() -> None:
     from pipelines.io import stats
     from pipelines.io.shards import DecodeSamples, read_shards
     from pipelines.stages.pseudo_masks import add_pseudo_masks
-    from sseg.data.world import WorldConfig, generate_world
+    from sseg.world import WorldConfig, generate_world
     from sseg.pseudo_masks.generator import PseudoMaskConfig
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sseg-bench-memory-"))

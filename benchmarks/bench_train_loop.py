@@ -33,7 +33,7 @@ CANONICAL = False  # diagnostic only: world synonyms/plurals in the training tex
 
 
 def canonical_words(text: str) -> str:
-    from sseg.data.world_vocab import _word_to_class
+    from sseg.world.vocab import _word_to_class
 
     table = _word_to_class()
     return " ".join(table.get(w, w) for w in text.split())
@@ -185,7 +185,7 @@ def evaluate(model, voc_root: str, max_images: int, templates: str) -> dict:
     metrics = confusion.compute()
     names = list(dataset.class_names)
     per_class = {n: round(float(v), 3) for n, v in zip(names, metrics["per_class_iou"])}
-    from sseg.data.world import THING_CLASSES
+    from sseg.world import THING_CLASSES
 
     things = [per_class[n] for n in THING_CLASSES if n in per_class]
     return {"miou": metrics["miou"], "miou_things": float(np.mean(things)) if things else None,

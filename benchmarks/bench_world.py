@@ -27,7 +27,7 @@ import sseg  # noqa: E402,F401
 import torch  # noqa: E402
 
 from sseg.data.shards import encode_jpeg  # noqa: E402
-from sseg.data.world import WorldConfig, generate_world, render_sample  # noqa: E402
+from sseg.world import WorldConfig, generate_world, render_sample  # noqa: E402
 
 
 def _rates(images: int, fn) -> tuple[float, float]:

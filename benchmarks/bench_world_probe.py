@@ -31,7 +31,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
-from sseg.data.world import THING_CLASSES, WorldConfig, render_sample  # noqa: E402
+from sseg.world import THING_CLASSES, WorldConfig, render_sample  # noqa: E402
 
 HUE_BINS = 12
 MIN_REGION_PIXELS = 8

@@ -89,8 +89,8 @@ def main() -> None:
     from sseg.data.captions import extract_words
     from sseg.data.datasets import build_dataset
     from sseg.data.transforms import to_normalized_tensor
-    from sseg.data.world import WorldConfig, render_sample
-    from sseg.data.world_vocab import WORLD_CLASSES
+    from sseg.world import WorldConfig, render_sample
+    from sseg.world.vocab import WORLD_CLASSES
     from sseg.losses.word_alignment import build_word_targets
     from sseg.metrics import ConfusionMatrix
     from sseg.models import SSegModel

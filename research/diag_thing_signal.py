@@ -71,7 +71,7 @@ def probe(checkpoint: str, max_images: int, voc: str) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from sseg.data.datasets import build_dataset
-    from sseg.data.world_vocab import THING_CLASSES
+    from sseg.world.vocab import THING_CLASSES
     from sseg.inference import SegmentConfig, Segmenter, build_text_classifier
     from sseg.models.text import tokenize
     from sseg.checkpoints import model_from_checkpoint

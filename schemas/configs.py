@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from sseg.config import StrictModel
-from sseg.data.world import WorldConfig
+from sseg.world import WorldConfig
 from sseg.models.config import ModelConfig
 from sseg.pseudo_masks.generator import PseudoMaskConfig
 

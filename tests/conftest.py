@@ -36,7 +36,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A small procedural world (shards + VOC split) shared by the pipeline tests."""
-    from sseg.data.world import WorldConfig, generate_world
+    from sseg.world import WorldConfig, generate_world
 
     out = tmp_path_factory.mktemp("world")
     config = WorldConfig(seed=3, image_size=64, num_train=96, num_val=24, num_labeled_train=16, shard_size=32)

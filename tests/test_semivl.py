@@ -236,7 +236,7 @@ def test_segmenter_uses_semivl_per_pixel_scores():
 
 
 def test_concept_files_are_the_paper_tables_and_world_synonyms():
-    from sseg.data.world_vocab import CLASS_SYNONYMS
+    from sseg.world.vocab import CLASS_SYNONYMS
     from sseg.prompts import CITYSCAPES_CONCEPTS, VOC_CONCEPTS
     from sseg.semivl.concepts import read_concept_file
 

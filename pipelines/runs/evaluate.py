@@ -47,7 +47,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     segment["bg_thresh"] = bg_thresh
     background_classes = cfg.background_classes
     if background_classes is None and cfg.dataset == "world":
-        from sseg.data.world import STUFF_CLASSES
+        from sseg.world import STUFF_CLASSES
 
         background_classes = list(STUFF_CLASSES)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)

@@ -60,7 +60,7 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks: list
     """World → pseudo-mask cache → Ray Train fit → evaluation, in one MLflow run. ``callbacks``:
     ``"module:function"`` hooks the training loop calls after every step (see pipelines/training/loop.py)."""
     if cfg.world is not None:
-        from sseg.data.world import ensure_world
+        from sseg.world import ensure_world
 
         ensure_world(cfg.world_dir, cfg.world, workers=min(4, os.cpu_count() or 1))
     if cfg.eval.labeled_split:  # an evaluation class list the text tower cannot read fails before training

@@ -44,7 +44,7 @@ def log_pictures(tracker: Tracker, examples: list, class_names: list[str], per_c
 
 def thing_stuff_summary(class_names: list[str], per_class_iou) -> dict:
     """Mean IoU over the world's thing and stuff classes and how many things reach 0.10 IoU."""
-    from sseg.data.world import STUFF_CLASSES, THING_CLASSES
+    from sseg.world import STUFF_CLASSES, THING_CLASSES
 
     iou = dict(zip(class_names, (float(v) for v in per_class_iou)))
     things = [iou[c] for c in THING_CLASSES if c in iou and np.isfinite(iou[c])]
@@ -57,7 +57,7 @@ def thing_stuff_summary(class_names: list[str], per_class_iou) -> dict:
 def synonym_class_names(class_names: list[str]) -> list[str]:
     """Each world class renamed to the first synonym the captions use that is not its name
     ("car" → "automobile", "house" → "cottage", "cup" → "mug", …); other names are kept."""
-    from sseg.data.world import CLASS_SYNONYMS
+    from sseg.world import CLASS_SYNONYMS
 
     return [next((s for s in CLASS_SYNONYMS.get(c, ()) if s != c), c) for c in class_names]
 
@@ -96,7 +96,7 @@ def evaluate_pretraining(cfg, checkpoint_dir: Path, tracker: Tracker) -> dict:
     }
     result["miou_vs_untrained"] = result["miou"] / max(result["untrained_miou"], 1e-9)
     if cfg.world is not None:
-        from sseg.data.world import render_sample
+        from sseg.world import render_sample
 
         result.update(thing_stuff_summary(class_names, metrics["per_class_iou"]))
         synonyms = synonym_class_names(class_names)

@@ -22,7 +22,7 @@ def run_name(cfg: PseudoMaskJobConfig) -> str:
 
 def run_pseudo_masks(cfg: PseudoMaskJobConfig) -> dict:
     if cfg.world is not None:
-        from sseg.data.world import ensure_world
+        from sseg.world import ensure_world
 
         ensure_world(cfg.world_dir, cfg.world, workers=min(4, os.cpu_count() or 1))
     init_ray(cfg.ray.address, cfg.ray.num_cpus)

@@ -116,7 +116,7 @@ def run_self_train(cfg: SelfTrainConfig, resume: str | None = None, callbacks: l
     if cfg.world is not None:
         import os
 
-        from sseg.data.world import ensure_world
+        from sseg.world import ensure_world
 
         ensure_world(cfg.world_dir, cfg.world, workers=min(4, os.cpu_count() or 1))
     from sseg.data.datasets import build_dataset
@@ -311,7 +311,7 @@ def evaluate_pair(cfg: SelfTrainConfig, tracker, plus_checkpoint: Path, parent_c
     bg_thresh, bg_source = background_threshold(cfg.target.dataset, segment)
     background_classes = cfg.target.background_classes
     if background_classes is None and cfg.target.dataset == "world":
-        from sseg.data.world import STUFF_CLASSES
+        from sseg.world import STUFF_CLASSES
 
         background_classes = list(STUFF_CLASSES)
     tracker.log_params({"eval.headline": headline, "eval.bg_thresh": bg_thresh, "eval.bg_thresh_source": bg_source})

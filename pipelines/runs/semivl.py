@@ -174,7 +174,7 @@ def run_semivl(cfg: SemiVLConfig, *, extra_tags: dict | None = None, prepared: P
     from sseg.semivl.splits import write_split
 
     if cfg.world is not None:
-        from sseg.data.world import ensure_world
+        from sseg.world import ensure_world
 
         ensure_world(cfg.world_dir, cfg.world, workers=min(4, os.cpu_count() or 1))
     prep = prepared or prepare(cfg)
@@ -288,7 +288,7 @@ def run_ablation(cfg: SemiVLConfig) -> dict:
     """Every row of ABLATION_ROWS as its own MLflow run (``mlflow.parentRunId`` = one parent run), the
     zero-shot mIoU of the VLM the rows start from, and the comparison table (printed, logged)."""
     if cfg.world is not None:
-        from sseg.data.world import ensure_world
+        from sseg.world import ensure_world
 
         ensure_world(cfg.world_dir, cfg.world, workers=min(4, os.cpu_count() or 1))
     configs = []

@@ -1,1 +1,1 @@
-"""Data: caption processing, transforms, the procedural world, shard writing and readers."""
+"""Data: caption processing, transforms, shard writing and dataset readers (the procedural world: sseg.world)."""

@@ -23,7 +23,7 @@ classes split by wavy horizon/shore lines. ``min_objects``-``max_objects`` thing
 * ``v1``: the original world, byte for byte: wide shared palettes, several textures per class,
   small parts, looser context.
 
-:data:`~sseg.data.world_render.APPEARANCES` holds the per-preset tables.
+:data:`~sseg.world.render.APPEARANCES` holds the per-preset tables (:mod:`sseg.world.render_v1`, :mod:`sseg.world.render_v2`).
 
 **Captions.** Varied English from several templates, synonyms (the canonical class name most often),
 counts, colour/size adjectives, verbs, place phrases for stuff and web-like decoration. A clean
@@ -62,10 +62,10 @@ from pydantic import Field, model_validator
 
 from sseg.config import StrictModel
 from sseg.data.shards import ShardWriter, encode_jpeg, img2dataset_record, write_json
-from sseg.data.world_captions import CaptionNoise, compose_caption
-from sseg.data.world_render import render_scene
-from sseg.data.world_voc import encode_label_png, mark_boundaries, voc_dirs
-from sseg.data.world_vocab import (
+from sseg.world.captions import CaptionNoise, compose_caption
+from sseg.world.render import render_scene
+from sseg.world.voc import encode_label_png, mark_boundaries, voc_dirs
+from sseg.world.vocab import (
     CLASS_SYNONYMS,
     STUFF_CLASSES,
     THING_CLASSES,

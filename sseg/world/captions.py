@@ -12,8 +12,9 @@ from typing import Literal
 
 import numpy as np
 
-from sseg.data.world_render import Scene, ThingInstance, preset_appearances
-from sseg.data.world_vocab import (
+from sseg.world.drawing import Scene, ThingInstance
+from sseg.world.render import preset_appearances
+from sseg.world.vocab import (
     CANONICAL_NAME_PROBABILITY,
     CLASS_COLOURS,
     CLASS_SYNONYMS,
