@@ -84,12 +84,14 @@ def _check_embed_dim(cfg: SemiVLConfig, found: int, source: str) -> None:
                               f"vlm.embed_dim={cfg.vlm.embed_dim}")
 
 
-def _check_clip(cfg: SemiVLConfig) -> None:
-    from sseg.semivl.vlm import read_clip_state
+def _check_clip(cfg: SemiVLConfig):
+    """The CLIP weights (``sseg.clip_weights.ClipWeights``; None without VL init), checked."""
+    from sseg.clip_weights import read_clip_weights
 
     if not cfg.components.vl_init:
-        return
-    state = read_clip_state(cfg.vlm.checkpoint)
+        return None
+    weights = read_clip_weights(cfg.vlm.checkpoint)
+    state = weights.state
     proj, text_proj = state.get("visual.proj"), state.get("text_projection")
     if proj is None or text_proj is None:
         raise CheckpointError(f"{cfg.vlm.checkpoint} is not an open_clip CLIP ViT state dict "
@@ -98,6 +100,7 @@ def _check_clip(cfg: SemiVLConfig) -> None:
         raise CheckpointError(f"VL checkpoint {cfg.vlm.checkpoint}: image embedding {proj.shape[1]} != text "
                               f"embedding {text_proj.shape[1]}")
     _check_embed_dim(cfg, int(proj.shape[1]), cfg.vlm.checkpoint)
+    return weights
 
 
 def check_labels(label_paths: list[str], num_classes: int, transform=None) -> None:
@@ -142,9 +145,12 @@ def prepare(cfg: SemiVLConfig) -> Prepared:
         _check_embed_dim(cfg, int(sseg_config.get("embed_dim", 0)), str(checkpoint))
         vlm_fields = {"vlm": "sseg", "sseg": sseg_config}
     else:
-        _check_clip(cfg)
+        from sseg.clip_weights import clip_architecture
+
+        weights = _check_clip(cfg)
         checkpoint, parent = cfg.vlm.checkpoint, None
-        vlm_fields = {"vlm": "clip", "clip_model": cfg.vlm.clip_model, "clip_model_cfg": cfg.vlm.clip_model_cfg}
+        clip_model, clip_cfg = clip_architecture(cfg.vlm.clip_model, cfg.vlm.clip_model_cfg, weights)
+        vlm_fields = {"vlm": "clip", "clip_model": clip_model, "clip_model_cfg": clip_cfg}
     reserved = {"vlm", "sseg", "clip_model", "clip_model_cfg", "decoder", "num_classes"} & set(cfg.model)
     if reserved:
         raise ConfigError(f"model.{sorted(reserved)[0]} is set by the run (vlm.*, components.language_decoder)")

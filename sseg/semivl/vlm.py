@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sseg.clip_weights import read_clip_weights  # noqa: F401 - re-exported
 from sseg.errors import CheckpointError, ConfigError, first_line
 
 
@@ -218,18 +219,6 @@ def build_vlm(cfg) -> VisionLanguageModel:
 
 
 def read_clip_state(path: str) -> dict:
-    """A CLIP state dict from a local file (``weights_only=True``; never downloads)."""
-    import os
-
-    if not os.path.isfile(path):
-        raise CheckpointError(f"CLIP checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"cannot read CLIP checkpoint {path}: {first_line(exc)}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a CLIP state dict of tensors")
-    return obj
+    """A CLIP state dict from a local file (OpenAI's TorchScript release or an open_clip checkpoint) in
+    open_clip's key layout; never downloads. ``sseg.clip_weights.read_clip_weights`` also gives its origin."""
+    return read_clip_weights(path).state
