@@ -93,8 +93,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
 def save_training_state(directory: str | Path, step_obj, *, step: int, position: DataPosition,
                         extra: dict | None = None) -> Path:
     """The checkpoint a training stage resumes from: ``step_obj`` is a :class:`sseg.training.TrainingStep`
-    (its model, optimizer, scheduler, kind, model name and config)."""
-    return save_checkpoint(directory, model=step_obj.model, model_config=step_obj.model_config,
+    (its unwrapped model, optimizer, scheduler, kind, model name and config)."""
+    return save_checkpoint(directory, model=step_obj.core, model_config=step_obj.model_config,
                            kind=step_obj.kind, model_name=step_obj.model_name, optimizer=step_obj.optimizer,
                            scheduler=step_obj.scheduler, step=step, epoch=position.epoch, extra=extra,
                            data_position=position)
@@ -115,12 +115,9 @@ def restore_training_state(path: str | Path, step_obj, map_location="cpu") -> tu
     step counter and the data position to continue from. Refuses a checkpoint of another kind or model."""
     state = load_checkpoint(path, map_location=map_location, kinds=[step_obj.kind])
     check_model_config(state, step_obj.model_config, "being resumed", step_obj.model_name)
-    model = step_obj.model.module if hasattr(step_obj.model, "module") else step_obj.model
-    model.load_state_dict(state["model"])
     if state.get("optimizer") is None or state.get("scheduler") is None:
         raise CheckpointError(f"checkpoint {path} has no optimizer/scheduler state: it cannot be resumed")
-    step_obj.optimizer.load_state_dict(state["optimizer"])
-    step_obj.scheduler.load_state_dict(state["scheduler"])
+    step_obj.load_state_dict(state)
     return int(state["step"]), data_position_of(state)
 
 

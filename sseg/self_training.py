@@ -3,7 +3,7 @@
 Seed 004, sec. 3.3.4 / A.2 / Table 6: AdamW (lr 1e-4, wd 0.05, betas .9/.999), batch 16, poly decay with
 1.5k warmup iterations, layer-wise lr decay 0.7. The pseudo-labels arrive with low-confidence pixels already
 set to the ignore index (``pipelines/stages/self_train_data.py``); the step normalises the images, runs the
-model and the loss, and steps the optimizer and schedule. Used by the generic loop
+model and the loss; the update is :class:`sseg.training.StageStep`'s. Used by the generic loop
 (``pipelines/training/loop.py``) through ``pipelines/training/self_train_step.py``.
 """
 
@@ -13,22 +13,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from sseg.data.transforms import to_normalized_tensor
 from sseg.models.upernet import IGNORE_INDEX, UperNetViT, segmentation_loss
-from sseg.training import layer_decay_param_groups, poly_with_warmup
+from sseg.training import StageStep, adamw, layer_decay_param_groups, poly_with_warmup
 
 SSEG_PLUS_KIND = "sseg-plus"
 SSEG_PLUS_MODEL = "upernet_vit"
 
 
+def sseg_plus_param_groups(model: UperNetViT, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
+    """BEiT-style layer-decay groups (embeddings → blocks → neck + head)."""
+    return layer_decay_param_groups(model, lr, weight_decay, layer_decay, model.layer_id, model.num_layers,
+                                    model.no_weight_decay)
+
+
 def build_sseg_plus_optimizer(model: UperNetViT, lr: float, weight_decay: float, betas: tuple[float, float],
                               layer_decay: float) -> torch.optim.AdamW:
-    """AdamW over BEiT-style layer-decay groups (embeddings → blocks → neck + head)."""
-    groups = layer_decay_param_groups(model, lr, weight_decay, layer_decay, model.layer_id, model.num_layers,
-                                      model.no_weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    """AdamW over :func:`sseg_plus_param_groups`."""
+    return adamw(sseg_plus_param_groups(model, lr, weight_decay, layer_decay), lr, betas)
 
 
 def balanced_class_weights(pixel_counts: list[int], max_weight: float = 10.0) -> list[float]:
@@ -45,25 +48,21 @@ def balanced_class_weights(pixel_counts: list[int], max_weight: float = 10.0) ->
     return [float(w) for w in weights]
 
 
-class SSegPlusStep:
-    """numpy batch {"image" uint8 [B,H,W,3], "label" uint8 [B,H,W] (255 = ignore)} → one optimizer step."""
+class SSegPlusStep(StageStep):
+    """numpy batch {"image" uint8 [B,H,W,3], "label" uint8 [B,H,W] (255 = ignore)} → cross-entropy → one update."""
 
     kind = SSEG_PLUS_KIND
     model_name = SSEG_PLUS_MODEL
     progress_keys = (("labelled_fraction", "labelled"), ("lr", "lr"))
+    param_groups = staticmethod(sseg_plus_param_groups)
 
     def __init__(self, model: UperNetViT, optimizer: torch.optim.Optimizer, scheduler: Any, model_config: dict,
                  device: torch.device, grad_clip: float | None = None, bf16: bool = False,
                  class_weights: list[float] | None = None):
-        self.model = model
+        super().__init__(model, optimizer, scheduler, model_config, grad_clip=grad_clip, bf16=bf16)
         self.class_weights = (None if class_weights is None
                               else torch.tensor(class_weights, dtype=torch.float32, device=device))
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.model_config = model_config
         self.device = device
-        self.grad_clip = grad_clip
-        self.bf16 = bf16
 
     @classmethod
     def create(cls, model_config: dict, *, device: torch.device, lr: float, weight_decay: float,
@@ -74,24 +73,18 @@ class SSegPlusStep:
 
         model = create_model(SSEG_PLUS_MODEL, model_config).to(device)
         optimizer = build_sseg_plus_optimizer(model, lr, weight_decay, betas, layer_decay)
-        scheduler = poly_with_warmup(optimizer, total_steps, warmup_steps, power=poly_power)
+        scheduler = poly_with_warmup(optimizer, total_steps, warmup_steps, power=poly_power, warmup="mmcv")
         return cls(model, optimizer, scheduler, model_config, device, grad_clip, bf16, class_weights)
 
-    def run(self, batch: dict) -> dict[str, float]:
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         images = to_normalized_tensor(torch.as_tensor(np.asarray(batch["image"]))).to(self.device, non_blocking=True)
         labels = torch.as_tensor(np.asarray(batch["label"])).long().to(self.device, non_blocking=True)
         self.model.train()
-        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with self.autocast(images.device.type):
             logits = self.model(images)
         loss = segmentation_loss(logits.float(), labels, IGNORE_INDEX, self.class_weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics: dict[str, float] = {}
-        if self.grad_clip:
-            metrics["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
-        self.optimizer.step()
-        self.scheduler.step()
-        metrics["loss"] = float(loss.detach())
-        metrics["lr"] = max(group["lr"] for group in self.optimizer.param_groups)
-        metrics["labelled_fraction"] = float((labels != IGNORE_INDEX).float().mean())
-        return metrics
+        return loss, {"labelled_fraction": float((labels != IGNORE_INDEX).float().mean())}
+
+    def learning_rate(self) -> float:
+        """The largest group lr (the head's; the embeddings' is decayed by layer_decay^(layers - 1))."""
+        return max(group["lr"] for group in self.optimizer.param_groups)

@@ -12,7 +12,7 @@ def build_pretrain_step(config: dict, *, device: torch.device, rank: int, world_
     from sseg.losses.criterion import SSegCriterion
     from sseg.models.registry import create_model
     from sseg.prompts import resolve_templates
-    from sseg.training import SSegPretrainStep, TrainStep, build_optimizer, cosine_with_warmup
+    from sseg.training import SSegPretrainStep, build_optimizer, cosine_with_warmup
 
     cfg = PretrainConfig.model_validate(config)
     bf16 = cfg.train.bf16 == "on" or (cfg.train.bf16 == "auto" and device.type == "cuda")
@@ -27,8 +27,8 @@ def build_pretrain_step(config: dict, *, device: torch.device, rank: int, world_
         mask_loss_size=cfg.train.mask_loss_size)
     needs_words = cfg.train.weight_words > 0 or cfg.train.caption_feature == "word_mean"
     word_templates = resolve_templates(cfg.train.word_templates) if needs_words else None
-    train_step = TrainStep(model, criterion, optimizer, scheduler, cfg.pseudo_masks.num_segments,
-                           cfg.train.grad_clip, world_size=world_size, bf16=bf16,
-                           caption_feature=cfg.train.caption_feature)
-    return SSegPretrainStep(train_step, cfg.model.model_dump(mode="json"), cfg.model.context_length, device,
-                            word_templates, seed=cfg.train.seed * 1009 + rank)
+    return SSegPretrainStep(model, criterion, optimizer, scheduler, model_config=cfg.model.model_dump(mode="json"),
+                            num_segments=cfg.pseudo_masks.num_segments, grad_clip=cfg.train.grad_clip,
+                            context_length=cfg.model.context_length, device=device, world_size=world_size,
+                            bf16=bf16, caption_feature=cfg.train.caption_feature, word_templates=word_templates,
+                            seed=cfg.train.seed * 1009 + rank)

@@ -118,6 +118,25 @@ class SemiVLModel(nn.Module):
         return logits.float().softmax(dim=1)
 
 
+def build_semivl_model(model_config: dict, vlm_kind: str, vlm_checkpoint: str | None, vl_init: bool) -> "SemiVLModel":
+    """The SemiVL model (random init), with the VLM's weights loaded when ``vl_init``: an S-Seg checkpoint
+    (``vlm_kind="sseg"``) or a local open_clip state dict (``"clip"``)."""
+    from sseg.models.registry import create_model
+
+    model = create_model("semivl", model_config)
+    if vl_init:
+        if vlm_kind == "sseg":
+            from sseg.checkpoints import load_checkpoint
+
+            state = load_checkpoint(vlm_checkpoint, kinds=["sseg-pretrain"])
+            model.vlm.load_pretrained(state["model"])
+        else:
+            from sseg.semivl.vlm import read_clip_state
+
+            model.vlm.load_pretrained(read_clip_state(vlm_checkpoint))
+    return model
+
+
 @torch.no_grad()
 def dense_class_similarity(vlm, images: torch.Tensor, text: torch.Tensor, concept_to_class: torch.Tensor,
                            num_classes: int) -> torch.Tensor:

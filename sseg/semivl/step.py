@@ -1,8 +1,10 @@
 """The SemiVL training step for the generic loop (pipelines/training/loop.py): one batch of labelled and
-unlabelled images → UniMatch consistency + dense VL guidance → one optimizer step. Plain PyTorch."""
+unlabelled images → UniMatch consistency + dense VL guidance → the :class:`sseg.training.StageStep` update.
+Its parameter groups (:func:`semivl_param_groups`) and :meth:`SemiVLStep.create` build the rest. Plain PyTorch."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +16,7 @@ from sseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from sseg.semivl import losses as L
 from sseg.semivl.augment import cutmix, cutmix_box, strong_view
 from sseg.semivl.model import dense_class_similarity
+from sseg.training import StageStep, adamw, poly_with_warmup
 
 
 @dataclass
@@ -36,16 +39,6 @@ class SemiVLStepSettings:
     seed: int = 0
 
 
-def poly_with_warmup(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0,
-                     power: float = 0.9) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        return max(0.0, 1.0 - step / max(1, total_steps)) ** power
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def _normalise(x01: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=x01.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x01.device).view(1, 3, 1, 1)
@@ -56,19 +49,35 @@ def _unit(images: Any, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-class SemiVLStep:
+def semivl_param_groups(model: nn.Module, lr: float, head_mult: float, backbone_mult: float,
+                        weight_decay: float) -> list[dict]:
+    """AdamW groups: head (lr × head_mult), trainable vision parameters (lr × backbone_mult); the text
+    tower is frozen (lr multiplier 0). No weight decay on biases and norms."""
+    groups = []
+    for params, mult in ((model.head_parameters(), head_mult), (model.vlm.vision_parameters(), backbone_mult)):
+        trainable = [(n, p) for n, p in params if p.requires_grad]
+        if mult == 0:
+            for _, p in trainable:
+                p.requires_grad_(False)
+            continue
+        decay = [p for n, p in trainable if p.ndim >= 2]
+        no_decay = [p for n, p in trainable if p.ndim < 2]
+        groups += [{"params": decay, "lr": lr * mult, "weight_decay": weight_decay},
+                   {"params": no_decay, "lr": lr * mult, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+class SemiVLStep(StageStep):
     kind = "semivl"
     model_name = "semivl"
     progress_keys = (("loss_x", "sup"), ("loss_u", "unsup"), ("loss_guidance", "guide"),
                      ("confident", "conf"), ("guided", "guided"))
+    param_groups = staticmethod(semivl_param_groups)
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, model_config: dict,
                  text: TextTargets, settings: SemiVLStepSettings, device: torch.device,
                  guide_vlm: nn.Module | None = None, rank: int = 0):
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.model_config = model_config
+        super().__init__(model, optimizer, scheduler, model_config, grad_clip=settings.grad_clip)
         self.text = text
         self.settings = settings
         self.device = device
@@ -77,15 +86,38 @@ class SemiVLStep:
         if settings.guidance and guide_vlm is None:
             raise ValueError("guidance needs the frozen initial VLM")
 
-    @property
-    def core(self) -> nn.Module:
-        return self.model.module if hasattr(self.model, "module") else self.model
+    @classmethod
+    def create(cls, model: nn.Module, model_config: dict, classes, templates, *, device: torch.device,
+               spatial_ft: bool, guidance: bool, lr: float, head_lr_mult: float, backbone_lr_mult: float,
+               weight_decay: float, total_steps: int, warmup_steps: int, poly_power: float,
+               settings: SemiVLStepSettings, rank: int = 0) -> "SemiVLStep":
+        """The step around a built SemiVL ``model`` (:func:`sseg.semivl.model.build_semivl_model`): trainable
+        parameters set (``spatial_ft``), the frozen guide copied from the initial VLM (``guidance``), the class
+        texts encoded once, AdamW over :func:`semivl_param_groups` and the poly schedule (linear warm-up)."""
+        from sseg.inference import build_text_classifier
+
+        model = model.to(device)
+        model.set_trainable(spatial_only=spatial_ft)
+        guide = None
+        if guidance:
+            guide = copy.deepcopy(model.vlm).eval()
+            for p in guide.parameters():
+                p.requires_grad_(False)
+        classifier = build_text_classifier(model, classes, templates, device=device)
+        text = TextTargets(classifier.embeddings.detach(), classifier.concept_to_class, classifier.num_classes)
+        optimizer = adamw(semivl_param_groups(model, lr, head_lr_mult, backbone_lr_mult, weight_decay), lr,
+                          (0.9, 0.999))
+        scheduler = poly_with_warmup(optimizer, total_steps, warmup_steps, poly_power, warmup="linear")
+        return cls(model, optimizer, scheduler, model_config, text, settings, device, guide_vlm=guide, rank=rank)
+
+    def clip_parameters(self):
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def _forward(self, images: torch.Tensor, fp_range: tuple[int, int] | None = None) -> torch.Tensor:
         return self.model(images, self.text.embeddings, self.text.concept_to_class, self.text.num_classes,
                           fp_range=fp_range)
 
-    def run(self, batch: dict) -> dict[str, float]:
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         s = self.settings
         x = _normalise(_unit(batch["image_l"], self.device))
         y = torch.as_tensor(np.asarray(batch["label_l"])).to(self.device).long()
@@ -94,7 +126,7 @@ class SemiVLStep:
             self.core.train()
             loss = L.supervised_loss(self._forward(x), y)
             metrics["loss_x"] = float(loss.detach())
-            return self._update(loss, metrics)
+            return loss, metrics
 
         u01 = _unit(batch["image_u"], self.device)
         ignore = torch.as_tensor(np.asarray(batch["ignore_u"])).to(self.device).long()
@@ -141,16 +173,4 @@ class SemiVLStep:
             loss = loss + g
             metrics.update(loss_guidance=float(g.detach()), guidance_lambda=lam,
                            guided=float((guide != L.IGNORE).float().mean()))
-        return self._update(loss, metrics)
-
-    def _update(self, loss: torch.Tensor, metrics: dict[str, float]) -> dict[str, float]:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.settings.grad_clip:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.settings.grad_clip))
-        self.optimizer.step()
-        self.scheduler.step()
-        metrics["loss"] = float(loss.detach())
-        metrics["lr"] = self.optimizer.param_groups[0]["lr"]
-        return metrics
+        return loss, metrics
