@@ -21,10 +21,21 @@ import ray
 from pipelines.stages.train_data import _execution_index
 
 
-def resolve_paths(reader, ids: Sequence[str]) -> tuple[list[str], list[str]]:
+def resolve_paths(reader, ids: Sequence[str], labeled: bool = True) -> tuple[list[str], list[str]]:
+    """(image paths, label paths) of ``ids``; ``labeled``: every label file must exist (the pool reader
+    does not require labels of unlabelled images)."""
+    from sseg.data.readers.base import check_files_exist
+    from sseg.errors import DataError
+
+    if not hasattr(reader, "image_paths") or not hasattr(reader, "label_paths"):
+        raise DataError(f"SemiVL reads images and label PNGs from files; the {type(reader).__name__} reader "
+                        "has no per-image files")
     index = {k: i for i, k in enumerate(reader.keys)}
-    return ([str(Path(reader.image_paths[index[i]]).resolve()) for i in ids],
-            [str(Path(reader.label_paths[index[i]]).resolve()) for i in ids])
+    images = [Path(reader.image_paths[index[i]]) for i in ids]
+    labels = [Path(reader.label_paths[index[i]]) for i in ids]
+    if labeled:
+        check_files_exist(labels, "label file of a labelled image")
+    return [str(p.resolve()) for p in images], [str(p.resolve()) for p in labels]
 
 
 def weak_views(batch: dict, crop: int, scale: tuple[float, float], num_classes: int,

@@ -24,11 +24,13 @@ DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 GROUPVIT_BG_THRESHOLDS: dict[str, float] = {"voc": 0.95, "context": 0.35, "coco_object": 0.95}
 
 
-def build_dataset(name: DatasetName, root: str | Path, split: str = "val") -> SegmentationDataset:
+def build_dataset(name: DatasetName, root: str | Path, split: str = "val",
+                  require_labels: bool = True) -> SegmentationDataset:
     """The reader for dataset ``name`` on the files under ``root``.
 
     "world" is the procedural world's VOC-layout export (its own class_names.txt, no
-    background class).
+    background class). ``require_labels=False``: the VOC-layout readers accept images without a
+    label file (a semi-supervised pool); the other readers list only labelled images anyway.
     """
     readers = {
         "voc": VOCSegmentation,
@@ -44,6 +46,8 @@ def build_dataset(name: DatasetName, root: str | Path, split: str = "val") -> Se
         raise DataError(f"world dataset needs {Path(root) / 'class_names.txt'}")
     return readers[name](root, split)
 
+    if name in ("voc", "world"):
+        return readers[name](root, split, require_labels=require_labels)
 
 __all__ = [
     "ADE20K", "CLASS_NAMES", "COCOObject", "Cityscapes", "DATASET_NAMES", "DatasetName",

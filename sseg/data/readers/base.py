@@ -88,6 +88,7 @@ class FileListDataset:
     sample_keys: list[str]
     label_transform: Callable[[np.ndarray], np.ndarray] | None = None
     ignore_index: int = IGNORE_INDEX
+    require_labels: bool = True  # False: a pool whose unlabelled images have no label file (SemiVL)
 
     def __post_init__(self) -> None:
         if not (len(self.image_paths) == len(self.label_paths) == len(self.sample_keys)):
@@ -95,7 +96,8 @@ class FileListDataset:
         if not self.sample_keys:
             raise DataError("dataset holds no samples")
         check_files_exist(self.image_paths, "image file")
-        check_files_exist(self.label_paths, "label file")
+        if self.require_labels:
+            check_files_exist(self.label_paths, "label file")
 
     @property
     def keys(self) -> list[str]:

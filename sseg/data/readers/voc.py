@@ -6,6 +6,13 @@ VOC 2012 (also the layout the procedural world writes)::
     root/SegmentationClass/<key>.png            palette PNG, index = class id, 255 = void
     root/ImageSets/Segmentation/<split>.txt
     root/class_names.txt                        optional: one class name per line
+    root/SegmentationClassAug/<key>.png         split "train_aug" only (see below)
+
+Split ``train_aug`` is the 10,582-image SBD-augmented training set (VOC 2012 train + SBD train/val
+minus VOC 2012 val): its ids come from ``ImageSets/Segmentation/train_aug.txt`` if present, else from
+the list shipped in ``sseg/data/splits/voc/train_aug.txt``; its labels from ``SegmentationClassAug/``
+(the SBD-converted masks) if that folder exists, else ``SegmentationClass/``. With
+``require_labels=False`` images without a label file are allowed (SemiVL's unlabelled images).
 
 Pascal Context (mmseg layout; labels 0 = background, 1..59 the classes)::
 
@@ -25,6 +32,8 @@ from sseg.data.readers.class_names import CONTEXT_CLASSES, VOC_CLASSES
 from sseg.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+AUG_SPLIT = "train_aug"
+SHIPPED_VOC_LISTS = Path(__file__).resolve().parent.parent / "splits" / "voc"
 
 
 def _find_year_dir(root: Path, year_dir: str, marker: str) -> Path:
@@ -68,18 +77,25 @@ class VOCSegmentation(FileListDataset):
     the position of a class called "background", or None (the procedural world has none).
     """
 
-    def __init__(self, root: str | Path, split: str = "val") -> None:
+    def __init__(self, root: str | Path, split: str = "val", require_labels: bool = True) -> None:
         base = _find_year_dir(Path(root), "VOC2012", "SegmentationClass")
-        keys = read_split_file(base / "ImageSets" / "Segmentation" / f"{split}.txt")
+        list_file = base / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if split == AUG_SPLIT and not list_file.is_file():
+            list_file = SHIPPED_VOC_LISTS / f"{AUG_SPLIT}.txt"
+        keys = read_split_file(list_file)
         names_file = base / "class_names.txt"
         names = read_class_names_file(names_file) if names_file.is_file() else list(VOC_CLASSES)
         image_dir = require_dir(base / "JPEGImages", "image")
+        label_dir = base / "SegmentationClass"
+        if split == AUG_SPLIT and (base / "SegmentationClassAug").is_dir():
+            label_dir = base / "SegmentationClassAug"
         super().__init__(
             class_names=names,
             background_index=background_index_of(names),
             image_paths=[_image_path(image_dir, k) for k in keys],
-            label_paths=[base / "SegmentationClass" / f"{k}.png" for k in keys],
+            label_paths=[label_dir / f"{k}.png" for k in keys],
             sample_keys=keys,
+            require_labels=require_labels,
         )
 
 
