@@ -144,3 +144,75 @@ class ConfusionMatrix:
             "per_class_accuracy": [float(v) for v in accuracy],
             "num_classes_in_mean": int(valid_iou.size),
         }
+
+
+# ----------------------------------------------------------------------------- seen / unseen (zero-shot)
+
+
+def subset_mean(per_class: Sequence[float], ids: Sequence[int]) -> float:
+    """Mean of ``per_class`` over ``ids``, skipping NaN (classes absent from truth and prediction)."""
+    values = [per_class[i] for i in ids if not math.isnan(per_class[i])]
+    return float(np.mean(values)) if values else math.nan
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    """2ab / (a + b) (hIoU of mIoU(seen) and mIoU(unseen)); 0 when both are 0, NaN when one is NaN."""
+    if math.isnan(a) or math.isnan(b):
+        return math.nan
+    return 0.0 if a + b == 0 else 2.0 * a * b / (a + b)
+
+
+def confusion_share(matrix: np.ndarray, truth_ids: Sequence[int], predicted_ids: Sequence[int]) -> float:
+    """Share of the ground-truth pixels of ``truth_ids`` predicted as one of ``predicted_ids``."""
+    rows = np.asarray(matrix, dtype=np.float64)[list(truth_ids)]
+    total = rows.sum()
+    return float(rows[:, list(predicted_ids)].sum() / total) if total > 0 else math.nan
+
+
+def binary_auroc(scores: ArrayLike, positives: ArrayLike) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positives`` (ties count one half:
+    the Mann-Whitney U statistic); NaN without both classes."""
+    s = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64).ravel()
+    y = np.asarray(positives.detach().cpu() if isinstance(positives, torch.Tensor) else positives, dtype=bool).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s, method="average")
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+class ScoreHistogram:
+    """Counts of scores in [0, 1] for positives and negatives in ``bins`` equal bins: a streaming,
+    mergeable AUROC (exact up to ties within a bin, which count one half)."""
+
+    def __init__(self, bins: int = 1000) -> None:
+        self.bins = int(bins)
+        self.positive = np.zeros(self.bins, dtype=np.int64)
+        self.negative = np.zeros(self.bins, dtype=np.int64)
+
+    def update(self, scores: ArrayLike, positives: ArrayLike, valid: ArrayLike | None = None) -> None:
+        s = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64).ravel()
+        y = np.asarray(positives.detach().cpu() if isinstance(positives, torch.Tensor) else positives, dtype=bool).ravel()
+        if valid is not None:
+            keep = np.asarray(valid.detach().cpu() if isinstance(valid, torch.Tensor) else valid, dtype=bool).ravel()
+            s, y = s[keep], y[keep]
+        index = np.clip((s * self.bins).astype(np.int64), 0, self.bins - 1)
+        self.positive += np.bincount(index[y], minlength=self.bins)
+        self.negative += np.bincount(index[~y], minlength=self.bins)
+
+    def merge(self, other: "ScoreHistogram") -> "ScoreHistogram":
+        if other.bins != self.bins:
+            raise DataError(f"cannot merge score histograms of {self.bins} and {other.bins} bins")
+        self.positive += other.positive
+        self.negative += other.negative
+        return self
+
+    def auroc(self) -> float:
+        n_pos, n_neg = int(self.positive.sum()), int(self.negative.sum())
+        if n_pos == 0 or n_neg == 0:
+            return math.nan
+        below = np.cumsum(self.negative) - self.negative  # negatives in lower bins
+        wins = (self.positive * below).sum() + 0.5 * (self.positive * self.negative).sum()
+        return float(wins / (n_pos * n_neg))

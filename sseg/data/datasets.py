@@ -13,11 +13,12 @@ from typing import Literal, get_args
 from sseg.data.readers.base import IGNORE_INDEX, SegmentationDataset
 from sseg.data.readers.class_names import CLASS_NAMES
 from sseg.data.readers.coco import COCOObject
+from sseg.data.readers.coco_stuff import COCOStuff
 from sseg.data.readers.scenes import ADE20K, Cityscapes
 from sseg.data.readers.voc import PascalContext, VOCSegmentation
 from sseg.errors import DataError
 
-DatasetName = Literal["voc", "context", "coco_object", "ade20k", "cityscapes", "world"]
+DatasetName = Literal["voc", "context", "coco_object", "coco_stuff", "ade20k", "cityscapes", "world"]
 DATASET_NAMES: tuple[str, ...] = get_args(DatasetName)
 
 # GroupViT's evaluation protocol (configs/_base_/datasets): background threshold per dataset.
@@ -37,6 +38,7 @@ def build_dataset(name: DatasetName, root: str | Path, split: str = "val",
         "world": VOCSegmentation,
         "context": PascalContext,
         "coco_object": COCOObject,
+        "coco_stuff": COCOStuff,
         "ade20k": ADE20K,
         "cityscapes": Cityscapes,
     }
@@ -44,13 +46,13 @@ def build_dataset(name: DatasetName, root: str | Path, split: str = "val",
         raise DataError(f"unknown dataset '{name}' (known: {', '.join(DATASET_NAMES)})")
     if name == "world" and not (Path(root) / "class_names.txt").is_file():
         raise DataError(f"world dataset needs {Path(root) / 'class_names.txt'}")
-    return readers[name](root, split)
-
     if name in ("voc", "world"):
         return readers[name](root, split, require_labels=require_labels)
+    return readers[name](root, split)
+
 
 __all__ = [
-    "ADE20K", "CLASS_NAMES", "COCOObject", "Cityscapes", "DATASET_NAMES", "DatasetName",
+    "ADE20K", "CLASS_NAMES", "COCOObject", "COCOStuff", "Cityscapes", "DATASET_NAMES", "DatasetName",
     "GROUPVIT_BG_THRESHOLDS", "IGNORE_INDEX", "PascalContext", "SegmentationDataset",
     "VOCSegmentation", "build_dataset",
 ]

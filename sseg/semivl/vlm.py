@@ -52,6 +52,11 @@ class VisionLanguageModel(nn.Module):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def embed_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(patch embeddings [B, D, h, w], global image embedding [B, D])`` in the text space (not
+        normalised): the inputs of a ZegCLIP-style decoder (TagCLIP)."""
+        raise NotImplementedError
+
     def vision_parameters(self) -> list[tuple[str, nn.Parameter]]:
         raise NotImplementedError
 
@@ -88,6 +93,17 @@ class SSegVLM(VisionLanguageModel):
         semantic = self.model.semantic_proj(pixels)  # [B, hidden, H/4, W/4]
         dense = self.model.image_projection(semantic.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return dense, [features[1], features[0]]
+
+    def embed_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch embeddings = :meth:`dense`; global = the image-level embedding S-Seg's contrastive loss
+        trained (the mean of its last decoder layer's projected mask-pooled features)."""
+        from sseg.models.sseg_model import mask_pooled_features
+
+        out = self.model.maskformer(images)
+        semantic = self.model.semantic_proj(out.pixel_features)
+        dense = self.model.image_projection(semantic.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        pooled = mask_pooled_features(semantic, out.pred_masks[-1], "assignment")
+        return dense, self.model.image_projection(pooled).mean(dim=1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens)
@@ -191,6 +207,29 @@ class ClipVLM(VisionLanguageModel):
             return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
 
         return dense, [grid(skips[self.skip_blocks[1]]), grid(skips[self.skip_blocks[0]])]
+
+    def embed_image(self, images: torch.Tensor,
+                    deep_prompts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plain ViT path (every block attends; no MaskCLIP): patch tokens and the CLS token through
+        ``ln_post`` and the projection. ``deep_prompts`` [L, n, width] (visual prompt tuning, deep): before
+        block i < L the n tokens after CLS are deep_prompts[i] (inserted at block 0, replaced after);
+        blocks from L on run without them."""
+        visual = self.clip.visual
+        x, h, w = self._tokens(images)
+        batch_first = getattr(visual.transformer, "batch_first", True)
+        n = 0
+        for i, block in enumerate(visual.transformer.resblocks):
+            if deep_prompts is not None and i <= deep_prompts.shape[0]:
+                rest = x[:, 1 + n:]
+                if i < deep_prompts.shape[0]:
+                    prompt = deep_prompts[i].to(x.dtype).expand(x.shape[0], -1, -1)
+                    x, n = torch.cat([x[:, :1], prompt, rest], dim=1), prompt.shape[1]
+                else:
+                    x, n = torch.cat([x[:, :1], rest], dim=1), 0
+            x = block(x) if batch_first else block(x.transpose(0, 1)).transpose(0, 1)
+        x = visual.ln_post(torch.cat([x[:, :1], x[:, 1 + n:]], dim=1)) @ visual.proj
+        patches = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        return patches, x[:, 0]
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_text(tokens)

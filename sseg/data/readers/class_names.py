@@ -43,6 +43,29 @@ COCO_THING_IDS: tuple[int, ...] = (
     *range(72, 83), *range(84, 91),
 )
 
+# COCO-Stuff 164k: 80 things + 91 stuff in train-id order (mmseg's CocoStuffDataset.CLASSES).
+COCO_STUFF_CLASSES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush", "banner", "blanket", "branch", "bridge", "building-other",
+    "bush", "cabinet", "cage", "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes",
+    "clouds", "counter", "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence", "floor-marble",
+    "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog", "food-other", "fruit",
+    "furniture-other", "grass", "gravel", "ground-other", "hill", "house", "leaves", "light", "mat", "metal",
+    "mirror-stuff", "moss", "mountain", "mud", "napkin", "net", "paper", "pavement", "pillow", "plant-other",
+    "plastic", "platform", "playingfield", "railing", "railroad", "river", "road", "rock", "roof", "rug",
+    "salad", "sand", "sea", "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone",
+    "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable", "wall-brick",
+    "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile", "wall-wood", "water-other",
+    "waterdrops", "window-blind", "window-other", "wood",
+)
+
 # ADE20K SceneParsing 150 classes (labels 1..150 in the PNGs, 0 = "other" -> ignored).
 ADE20K_CLASSES: tuple[str, ...] = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
@@ -84,10 +107,12 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "voc": VOC_CLASSES,
     "context": CONTEXT_CLASSES,
     "coco_object": COCO_OBJECT_CLASSES,
+    "coco_stuff": COCO_STUFF_CLASSES,
     "ade20k": ADE20K_CLASSES,
     "cityscapes": CITYSCAPES_CLASSES,
 }
 
 assert len(VOC_CLASSES) == 21 and len(CONTEXT_CLASSES) == 60
 assert len(COCO_OBJECT_CLASSES) == 81 and len(COCO_THING_IDS) == 80
+assert len(COCO_STUFF_CLASSES) == 171
 assert len(ADE20K_CLASSES) == 150 and len(CITYSCAPES_CLASSES) == 19
