@@ -131,7 +131,7 @@ def test_voc_train_aug_labels_come_from_segmentation_class_aug(tmp_path):
 def test_semivl_voc92_starts_on_the_train_aug_pool(voc_train_aug, tmp_path):
     """The run's input check (what jobs/semivl.py does before any work) on configs/semivl_voc.yaml's data
     section: the shipped 92-image split, 10,490 unlabelled images without label files."""
-    from pipelines.inputs.semivl import prepare
+    from pipelines.runs.semivl import prepare
     from schemas.configs import SemiVLConfig
     from test_semivl import TINY_SSEG, _tiny_sseg_checkpoint
 
