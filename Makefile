@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 TORCH_INDEX_ARGS := $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)))
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup demo test test-fast bench cluster-up cluster-down clean
+.PHONY: setup demo test test-fast bench bench-gpu cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# One unattended GPU run (<= 8 min on one GPU): runs/bench-gpu/gpu_bench.{json,md}.
+# BENCH_GPU_ARGS=--smoke runs the same rows at tiny sizes on CPU.
+BENCH_GPU_ARGS ?=
+bench-gpu: setup
+	$(PY) benchmarks/gpu.py --out runs/bench-gpu $(BENCH_GPU_ARGS)
 
 cluster-up: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/local_cluster.sh start
