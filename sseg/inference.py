@@ -1,23 +1,15 @@
-"""Open-vocabulary semantic segmentation with a mask-classification model (S-Seg inference).
+"""Open-vocabulary semantic segmentation of any image with any list of class names.
 
 Pipeline for one image::
 
     class definitions × prompt templates → text embeddings (TextClassifier)
-    image → resize (short side 448) → [sliding 448/224 windows] → model.encode_image
-        → N mask logits + N mask features
-        → class probs per mask  (cosine × learned temperature, softmax over concepts,
-                                 class = max over its concepts)
-        → per-pixel scores Σ_q p_q(c)·σ(m_q)  (MaskFormer semantic inference)
+    image → resize (short side 448) → [sliding 448/224 windows, zero-padded to size_divisor]
+        → model.segment_scores(windows, classifier) → per-pixel class scores
     → average overlapping windows → resize back → background rule → label map
 
-Model interface (``sseg.models``)::
-
-    model.encode_image(images float[B,3,H,W] normalised)
-        -> {"pred_masks": [B,N,H/4,W/4] logits, "mask_features": [B,N,D], ...}
-    model.encode_text(tokens long[B,L]) -> [B,D]
-    model.logit_scale  (log of the temperature scale), capped at model.config (or .cfg).max_logit_scale
-        where the config has one; a model with current_logit_scale() (SSegModel) gives the capped scale
-    model.config (or .cfg).context_length
+The model is anything that implements :class:`sseg.segmenting.SegmentingModel` (``segment_scores``,
+``closed_vocabulary``; ``context_length`` and ``encode_text`` when it reads text); S-Seg's mask
+classification lives in the model (``SSegModel.segment_scores``, :mod:`sseg.models.mask_classification`).
 
 Background (``bg_mode``):
 
@@ -132,33 +124,12 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _model_setting(model: nn.Module, field: str) -> Any:
-    """``model.config.<field>`` (or ``model.cfg.<field>``); None where neither has it."""
-    for name in ("config", "cfg"):
-        value = getattr(getattr(model, name, None), field, None)
-        if value is not None:
-            return value
-    return None
-
-
 def model_context_length(model: nn.Module) -> int:
-    """The text context length from ``model.config`` (or ``model.cfg``)."""
-    value = _model_setting(model, "context_length")
-    if value is None:
-        raise SsegError("the model has no config.context_length (needed to tokenize prompts)")
-    return int(value)
-
-
-def model_temperature(model: nn.Module) -> Tensor:
-    """The model's temperature scale exp(logit_scale), capped where the model caps it: its own
-    ``current_logit_scale()`` (SSegModel: at ``config.max_logit_scale``), else ``model.logit_scale``
-    clamped at ``config.max_logit_scale`` when the config has one."""
-    current = getattr(model, "current_logit_scale", None)
-    if callable(current):
-        return torch.as_tensor(current(), dtype=torch.float32).detach()
-    log_scale = torch.as_tensor(model.logit_scale, dtype=torch.float32).detach()
-    cap = _model_setting(model, "max_logit_scale")
-    return (log_scale if cap is None else log_scale.clamp(max=float(cap))).exp()
+    """The text context length of an open-vocabulary model (:class:`sseg.segmenting.SegmentingModel`)."""
+    try:
+        return int(model.context_length)
+    except AttributeError:
+        raise SsegError(f"{type(model).__name__} has no context_length (needed to tokenize prompts)") from None
 
 
 def default_tokenizer() -> Tokenizer:
@@ -214,7 +185,7 @@ def build_text_classifier(model: nn.Module, classes: Any, templates: str | Seque
     """Encode every (concept, template) prompt; a concept's embedding is the renormalised mean
     of its unit-normalised template embeddings (CLIP's zero-shot prompt ensemble). A closed-vocabulary
     model (``model.closed_vocabulary``, e.g. S-Seg+) gets :func:`closed_vocabulary_classifier` instead."""
-    if getattr(model, "closed_vocabulary", False):
+    if model.closed_vocabulary:
         return closed_vocabulary_classifier(model, classes, device)
     definitions: list[ClassDefinition] = parse_class_definitions(classes)
     template_list = resolve_templates(templates)
@@ -265,42 +236,6 @@ def closed_vocabulary_classifier(model: nn.Module, classes: Any,
     return TextClassifier(class_names=[d.name for d in definitions], concepts=concepts, embeddings=embeddings,
                           concept_to_class=torch.tensor(concept_to_class, dtype=torch.long, device=device),
                           templates=())
-
-
-# ----------------------------------------------------------------------------- mask side
-
-
-def classify_masks(mask_features: Tensor, classifier: TextClassifier,
-                   temperature: Tensor | float) -> Tensor:
-    """Class probabilities ``[B, N, C]`` of each mask feature ``[B, N, D]``.
-
-    Cosine similarity to every concept × the learned temperature (the scale itself, e.g.
-    :func:`model_temperature`, not its log), softmax over *concepts*, then
-    each class takes the maximum over its concepts (SemiVL eq. 5). The class scores are not
-    renormalised: a class with many concepts is not favoured by it, and per-pixel scores are
-    normalised later where a probability is needed (the background threshold).
-    """
-    if mask_features.dim() != 3:
-        raise DataError(f"mask_features must be [B, N, D] (got shape {tuple(mask_features.shape)})")
-    embeddings = classifier.embeddings.to(mask_features.device, torch.float32)
-    if mask_features.shape[-1] != embeddings.shape[-1]:
-        raise DataError(f"mask feature dim {mask_features.shape[-1]} != text embedding dim "
-                        f"{embeddings.shape[-1]}")
-    features = F.normalize(mask_features.float(), dim=-1)
-    scale = torch.as_tensor(temperature, dtype=torch.float32).detach().to(features.device)
-    concept_probs = (scale * features @ embeddings.T).softmax(dim=-1)  # [B, N, K]
-    b, n, _ = concept_probs.shape
-    index = classifier.concept_to_class.to(features.device).expand(b, n, -1)
-    out = concept_probs.new_zeros(b, n, classifier.num_classes)
-    return out.scatter_reduce(-1, index, concept_probs, reduce="amax", include_self=True)
-
-
-def semantic_inference(pred_masks: Tensor, class_probs: Tensor) -> Tensor:
-    """MaskFormer semantic scores ``[B, C, h, w] = Σ_q class_probs[b,q,c] · σ(pred_masks[b,q])``."""
-    if pred_masks.shape[:2] != class_probs.shape[:2]:
-        raise DataError(f"pred_masks {tuple(pred_masks.shape)} and class_probs "
-                        f"{tuple(class_probs.shape)} disagree on [B, N]")
-    return torch.einsum("bqc,bqhw->bchw", class_probs.float(), pred_masks.float().sigmoid())
 
 
 def normalise_scores(scores: Tensor, eps: float = 1e-12) -> Tensor:
@@ -444,19 +379,7 @@ class Segmenter:
         divisor = self.cfg.size_divisor
         pad_h, pad_w = (-h) % divisor, (-w) % divisor
         padded = F.pad(windows, (0, pad_w, 0, pad_h)) if pad_h or pad_w else windows
-        per_pixel = getattr(self.model, "segment_scores", None)
-        if callable(per_pixel):  # a per-pixel open-vocabulary model (SemiVL): class probabilities
-            return per_pixel(padded, self.classifier)[..., :h, :w].float()
-        out = self.model.encode_image(padded)
-        if not isinstance(out, dict) or "pred_masks" not in out or "mask_features" not in out:
-            raise SsegError("model.encode_image must return a dict with 'pred_masks' and 'mask_features'")
-        class_probs = classify_masks(out["mask_features"], self.classifier, model_temperature(self.model))
-        scores = []
-        for i in range(padded.shape[0]):  # one window at a time: N full-size masks are large
-            masks = F.interpolate(out["pred_masks"][i:i + 1].float(), size=padded.shape[-2:],
-                                  mode="bilinear", align_corners=False)[..., :h, :w]
-            scores.append(semantic_inference(masks, class_probs[i:i + 1]))
-        return scores[0] if len(scores) == 1 else torch.cat(scores)
+        return self.model.segment_scores(padded, self.classifier)[..., :h, :w].float()
 
     def _scores(self, image: Tensor) -> Tensor:
         """Raw scores ``[C_text, h, w]`` of one normalised image ``[1, 3, h, w]``."""

@@ -1,6 +1,5 @@
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,10 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import sseg  # noqa: F401
-from sseg.errors import ConfigError, DataError
-from sseg.inference import (SegmentConfig, Segmenter, TextClassifier, build_text_classifier,
-                            classify_masks, model_temperature, normalise_scores, resized_shape,
-                            semantic_inference, sliding_windows, threshold_background)
+from sseg.errors import ConfigError, DataError, SsegError
+from sseg.inference import (SegmentConfig, Segmenter, TextClassifier, build_text_classifier, normalise_scores,
+                            resized_shape, sliding_windows, threshold_background)
+from sseg.models.mask_classification import classify_masks, mask_semantic_scores, semantic_inference
+from sseg.segmenting import SegmentingModel
 from sseg.prompts import (CLIP_TEMPLATES, ClassDefinition, dataset_class_definitions, foreground,
                           parse_class_definitions, resolve_templates)
 from sseg.viz import figure_to_array, grid, legend, overlay, per_class_iou_bar_chart, voc_palette
@@ -21,7 +21,7 @@ WORDS = ["cat", "dog", "sky", "background"]
 
 
 class FakeSegModel(nn.Module):
-    """Implements the sseg model interface with known outputs.
+    """A mask-classification model (:class:`sseg.segmenting.SegmentingModel`) with known outputs.
 
     Query q (q = 0, 1, 2) has the mask logit ``20 · (channel_q − 0.5)`` at every pixel (of the
     normalised image) and the mask feature of word q; words are one-hot text embeddings.
@@ -34,7 +34,7 @@ class FakeSegModel(nn.Module):
         self.table = nn.Parameter(torch.eye(len(WORDS), 6) * 3.0)  # unnormalised on purpose
         self.query_features = nn.Parameter(torch.eye(3, 6) * 0.5)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(100.0)))
-        self.config = SimpleNamespace(context_length=4)
+        self.context_length = 4
         self.ramp, self.stride = ramp, stride
         self.calls: list[tuple[int, ...]] = []
 
@@ -44,6 +44,13 @@ class FakeSegModel(nn.Module):
 
     def encode_text(self, tokens):
         return self.table[tokens[:, 0]]
+
+    closed_vocabulary = False
+
+    def segment_scores(self, images, classifier):
+        out = self.encode_image(images)
+        return mask_semantic_scores(out["pred_masks"], out["mask_features"], classifier, self.logit_scale.exp(),
+                                    tuple(images.shape[-2:]))
 
     def encode_image(self, images):
         self.calls.append(tuple(images.shape))
@@ -126,7 +133,8 @@ def test_text_classifier_is_renormalised_template_mean():
         def __init__(self):
             super().__init__()
             self.table = nn.Parameter(torch.tensor([vectors[t] for t in texts]))
-            self.config = SimpleNamespace(context_length=7)
+            self.context_length = 7
+            self.closed_vocabulary = False
 
         def encode_text(self, tokens):
             seen["training"] = self.training
@@ -161,29 +169,49 @@ def test_classify_masks_takes_max_over_concepts():
 
 
 
-def test_temperature_is_capped_by_the_model_itself():
+def test_segmenting_models_implement_the_contract():
+    from sseg.models import SSegModel, tiny_model_config
+    from sseg.models.registry import create_model
+
+    assert isinstance(FakeSegModel(), SegmentingModel)
+    assert isinstance(SSegModel(tiny_model_config()), SegmentingModel)
+    plus = create_model("upernet_vit", {"class_names": ["sky", "ball"], "image_size": 32, "patch_size": 8,
+                                        "embed_dim": 16, "depth": 4, "num_heads": 2, "channels": 8})
+    assert isinstance(plus, SegmentingModel) and plus.closed_vocabulary
+    assert not isinstance(nn.Linear(2, 2), SegmentingModel)
+
+
+def test_a_model_without_context_length_is_one_line_error():
     model = FakeSegModel()
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(1e4))
-    assert model_temperature(model).item() == pytest.approx(1e4, rel=1e-5)  # no cap in its config
-    model.config = SimpleNamespace(context_length=4, max_logit_scale=math.log(50.0))
-    assert model_temperature(model).item() == pytest.approx(50.0, rel=1e-5)
-    model.config = SimpleNamespace(context_length=4, max_logit_scale=math.log(1e3))
-    assert model_temperature(model).item() == pytest.approx(1e3, rel=1e-5)
-    model.current_logit_scale = lambda: torch.tensor(7.0)  # a model that caps its own scale (SSegModel)
-    assert model_temperature(model).item() == 7.0
+    del model.context_length
+    with pytest.raises(SsegError, match="FakeSegModel has no context_length"):
+        build_text_classifier(model, "cat", "name")
 
 
-def test_model_temperature_of_an_sseg_model_follows_its_max_logit_scale():
+def test_sseg_model_scores_use_its_capped_temperature():
+    """SSegModel.segment_scores = mask classification at current_logit_scale() (capped at its own
+    max_logit_scale, not CLIP's 100), masks upsampled to the input size."""
     from sseg.models import SSegModel, tiny_model_config
 
+    torch.manual_seed(0)
     model = SSegModel(tiny_model_config(max_logit_scale=math.log(200.0))).eval()
     with torch.no_grad():
         model.logit_scale.fill_(math.log(150.0))
-    assert model_temperature(model).item() == pytest.approx(150.0, rel=1e-5)  # not CLIP's 100
+    assert model.current_logit_scale().item() == pytest.approx(150.0, rel=1e-5)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(1e4))
-    assert model_temperature(model).item() == pytest.approx(200.0, rel=1e-5)
+    assert model.current_logit_scale().item() == pytest.approx(200.0, rel=1e-5)
+    clf = TextClassifier(class_names=["a", "b"], concepts=["a", "b"],
+                         embeddings=F.normalize(torch.randn(2, model.cfg.embed_dim), dim=-1),
+                         concept_to_class=torch.tensor([0, 1]), templates=("{}",))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        scores = model.segment_scores(images, clf)
+        out = model.encode_image(images)
+        probs = classify_masks(out["mask_features"], clf, torch.tensor(200.0))
+        masks = F.interpolate(out["pred_masks"], size=(64, 64), mode="bilinear", align_corners=False)
+    assert scores.shape == (2, 2, 64, 64)
+    torch.testing.assert_close(scores, semantic_inference(masks, probs))
 
 
 def test_semantic_inference_by_hand():

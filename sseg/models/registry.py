@@ -1,13 +1,20 @@
 """Model registry: ``create_model(name, config)`` builds any model a checkpoint can name.
 
-Every model family registers its name, its typed config class and a builder. A checkpoint stores the
-model name and config, so one loader (:func:`sseg.checkpoints.model_from_checkpoint`) rebuilds any
-kind. Named configs (``model_configs/<name>.json``, in the spirit of open_clip's ``model_configs/``)
+A model registers itself where it is defined, as timm's ``register_model``::
+
+    @register_model("sseg", ModelConfig)
+    class SSegModel(nn.Module): ...
+
+(its name, its typed config class, the builder: the class). The registry imports the modules that define
+models (:data:`MODEL_MODULES`) the first time a name is looked up, so it imports none of them itself and
+a model module may import the registry. A checkpoint stores the model name and config, so one loader
+(:func:`sseg.checkpoints.model_from_checkpoint`) rebuilds any kind. Named configs (``model_configs/<name>.json``, in the spirit of open_clip's ``model_configs/``)
 give ready sizes: ``sseg_tiny`` (the CPU demo) and ``sseg_swin_s`` (the paper's).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,39 +36,43 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# Modules that register models when imported; a new model family adds its module here.
+MODEL_MODULES: tuple[str, ...] = ("sseg.models.sseg_model", "sseg.models.upernet", "sseg.semivl.model")
+_imported = False
 
 
-def register_model(name: str, config_class: type[BaseModel], builder: Callable[[Any], nn.Module],
-                   segments: bool = True) -> None:
+def register_model(name: str, config_class: type[BaseModel], builder: Callable[[Any], nn.Module] | None = None,
+                   segments: bool = True):
+    """Register ``name``: ``builder(config)`` builds it from its ``config_class``. Without ``builder`` it is a
+    class decorator (the class is the builder). ``segments``: the model maps (image, class names) to a label
+    map (:class:`sseg.segmenting.SegmentingModel`), so segment/evaluate accept it."""
+    if builder is None:
+        def decorate(cls):
+            _REGISTRY[name] = ModelEntry(config_class, cls, segments)
+            return cls
+
+        return decorate
     _REGISTRY[name] = ModelEntry(config_class, builder, segments)
+    return builder
 
 
-def _ensure_builtin() -> None:
-    if "sseg" not in _REGISTRY:
-        from sseg.models.config import ModelConfig
-        from sseg.models.sseg_model import SSegModel
-
-        register_model("sseg", ModelConfig, SSegModel, segments=True)
-    if "semivl" not in _REGISTRY:
-        from sseg.semivl.config import SemiVLModelConfig
-        from sseg.semivl.model import SemiVLModel
-
-        register_model("semivl", SemiVLModelConfig, SemiVLModel, segments=True)
-    if "upernet_vit" not in _REGISTRY:  # S-Seg+ (closed vocabulary over its config's class_names)
-        from sseg.models.upernet import UperNetConfig, UperNetViT
-
-        register_model("upernet_vit", UperNetConfig, UperNetViT, segments=True)
+def _import_model_modules() -> None:
+    global _imported
+    if not _imported:
+        for module in MODEL_MODULES:
+            importlib.import_module(module)
+        _imported = True
 
 
 def model_entry(name: str) -> ModelEntry:
-    _ensure_builtin()
+    _import_model_modules()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model '{name}' (known: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]
 
 
 def model_names() -> list[str]:
-    _ensure_builtin()
+    _import_model_modules()
     return sorted(_REGISTRY)
 
 

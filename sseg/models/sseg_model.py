@@ -11,7 +11,9 @@ from torch import nn
 from sseg.errors import DataError
 
 from sseg.models.config import ModelConfig
+from sseg.models.mask_classification import mask_semantic_scores
 from sseg.models.maskformer import MaskFormer
+from sseg.models.registry import register_model
 from sseg.models.text import TextEncoder, projection_mlp
 
 
@@ -40,7 +42,12 @@ def words_mean_feature(word_features: torch.Tensor, caption_words: torch.Tensor)
     return weights @ F.normalize(word_features, dim=-1)
 
 
+@register_model("sseg", ModelConfig)
 class SSegModel(nn.Module):
+    """Segments with class names (:class:`sseg.segmenting.SegmentingModel`) by mask classification."""
+
+    closed_vocabulary = False
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -79,8 +86,20 @@ class SSegModel(nn.Module):
         """tokens: long [B,L] CLIP BPE ids → [B, embed_dim] (projected, not normalised)."""
         return self.text_encoder(tokens)
 
+    @property
+    def context_length(self) -> int:
+        return self.cfg.context_length
+
     def current_logit_scale(self) -> torch.Tensor:
         return self.logit_scale.clamp(max=self.cfg.max_logit_scale).exp()
+
+    def segment_scores(self, images: torch.Tensor, classifier) -> torch.Tensor:
+        """MaskFormer semantic scores ``[B, C, H, W]`` at the input size: each mask's class probabilities
+        (cosine to the concepts × the capped temperature, softmax over concepts, max per class) times the
+        mask's sigmoid, summed over masks (:mod:`sseg.models.mask_classification`)."""
+        out = self.encode_image(images)
+        return mask_semantic_scores(out["pred_masks"], out["mask_features"], classifier,
+                                    self.current_logit_scale().detach(), tuple(images.shape[-2:]))
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor | None,
                 word_tokens: torch.Tensor | None = None,

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 import sseg  # noqa: F401  (torchvision import fix before timm: sseg/_compat.py)
 from sseg.config import StrictModel
 from sseg.errors import CheckpointError, first_line
+from sseg.models.registry import register_model
 
 IGNORE_INDEX = 255
 PAPER_FEATURE_BLOCKS = (4, 6, 8, 12)  # 1-based blocks of the 12-block ViT-B
@@ -201,6 +202,7 @@ def load_vit_weights(vit: nn.Module, path: str) -> dict:
     return {"loaded": len(usable), "skipped": len(state) - len(usable), "missing": len(set(own) - set(usable))}
 
 
+@register_model("upernet_vit", UperNetConfig)  # S-Seg+ (closed vocabulary over its config's class_names)
 class UperNetViT(nn.Module):
     """images (normalised, [B, 3, H, W]) → class logits [B, K, H·s/p, W·s/p] at the neck's finest stride."""
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sseg.errors import ConfigError
+from sseg.models.registry import register_model
 from sseg.semivl.config import SemiVLModelConfig
 from sseg.semivl.decoder import DeepLabV3PlusHead, LanguageGuidedDecoder
 from sseg.semivl.vlm import build_vlm
@@ -36,7 +37,12 @@ def perturb(features: torch.Tensor, rows: tuple[int, int], rate: float) -> torch
     return torch.cat([features[:a], F.dropout2d(features[a:b], rate, training=True), features[b:]])
 
 
+@register_model("semivl", SemiVLModelConfig)
 class SemiVLModel(nn.Module):
+    """Segments with class names (:class:`sseg.segmenting.SegmentingModel`) per pixel."""
+
+    closed_vocabulary = False
+
     def __init__(self, cfg: SemiVLModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -51,6 +57,10 @@ class SemiVLModel(nn.Module):
                                           cfg.deeplab_channels, cfg.aspp_rates)
 
     # -- text side
+    @property
+    def context_length(self) -> int:
+        return self.cfg.context_length
+
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.vlm.encode_text(tokens)
 
