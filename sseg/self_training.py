@@ -1,7 +1,8 @@
 """S-Seg+ self-training step: UperNet-ViT trained with cross-entropy on S-Seg's pseudo-labels (plain PyTorch).
 
-Seed 004, sec. 3.3.4 / A.2 / Table 6: AdamW (lr 1e-4, wd 0.05, betas .9/.999), batch 16, poly decay with
-1.5k warmup iterations, layer-wise lr decay 0.7. The pseudo-labels arrive with low-confidence pixels already
+S-Seg paper (Lai, "Exploring Simple Open-Vocabulary Semantic Segmentation"), sec. 3.3.4 / A.2 / Table 6:
+AdamW (lr 1e-4, wd 0.05, betas .9/.999), batch 16, poly decay with 1.5k warmup iterations, layer-wise lr
+decay 0.7. The pseudo-labels arrive with low-confidence pixels already
 set to the ignore index (``pipelines/stages/self_train_data.py``); the step normalises the images, runs the
 model and the loss; the update is :class:`sseg.training.StageStep`'s. Used by the generic loop
 (``pipelines/training/loop.py``) through ``pipelines/training/self_train_step.py``.
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from sseg.data.transforms import to_normalized_tensor
-from sseg.models.upernet import IGNORE_INDEX, UperNetViT, segmentation_loss
+from sseg.models.upernet import IGNORE_INDEX, UperNetViT, decode_and_aux_loss
 from sseg.training import StageStep, adamw, layer_decay_param_groups, poly_with_warmup
 
 SSEG_PLUS_KIND = "sseg-plus"
@@ -81,9 +82,10 @@ class SSegPlusStep(StageStep):
         labels = torch.as_tensor(np.asarray(batch["label"])).long().to(self.device, non_blocking=True)
         self.model.train()
         with self.autocast(images.device.type):
-            logits = self.model(images)
-        loss = segmentation_loss(logits.float(), labels, IGNORE_INDEX, self.class_weights)
-        return loss, {"labelled_fraction": float((labels != IGNORE_INDEX).float().mean())}
+            logits, aux_logits = self.model(images, with_aux=True)
+        loss, parts = decode_and_aux_loss(logits, aux_logits, labels, self.core.cfg.aux_weight, IGNORE_INDEX,
+                                          self.class_weights)
+        return loss, {"labelled_fraction": float((labels != IGNORE_INDEX).float().mean()), **parts}
 
     def learning_rate(self) -> float:
         """The largest group lr (the head's; the embeddings' is decayed by layer_decay^(layers - 1))."""

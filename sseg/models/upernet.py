@@ -1,6 +1,6 @@
 """S-Seg+'s segmenter: UperNet on a ViT backbone with a BEiT-style multi-level neck (closed vocabulary).
 
-The paper's self-training model (seed 004, A.2): UperNet [Xiao et al.] on an MAE-pretrained ViT, features
+The S-Seg paper's self-training model (S-Seg+, Lai, A.2): UperNet [Xiao et al.] on an MAE-pretrained ViT, features
 from blocks 4, 6, 8 and 12 merged "following the implementation of BEiT", no relative position
 embeddings. As in BEiT's ``semantic_segmentation/backbone/beit.py`` (microsoft/unilm) the four block
 outputs (patch tokens reshaped to a grid at stride ``p``, the patch size) become a pyramid by
@@ -15,7 +15,13 @@ mmseg's ``UPerHead``: a pyramid pooling module (scales 1, 2, 3, 6) on the coarse
 convs, a top-down path, 3×3 FPN convs, every level resized to the finest and fused by a 3×3 conv, then
 dropout and a 1×1 classifier. The logits come out at the finest level and are upsampled bilinearly to the
 label size for the loss (cross-entropy with an ignore index: low-confidence pseudo-label pixels).
-BEiT's auxiliary FCN head is left out.
+
+BEiT's (and MAE's) UperNet configs (mmseg's ``upernet_beit``) also train an auxiliary FCN head on the
+neck's third level (block 8, stride p): one 3×3 conv to 256 channels + BN + ReLU, dropout 0.1, a 1×1
+classifier, its cross-entropy weighted 0.4 (``aux_head``; training only, inference ignores it), with
+768 UPerHead channels and batch norm synchronised over the GPUs (``sync_bn``,
+:func:`synchronise_batch_norm`). The paper configs (``configs/self_train_*.yaml``) turn them on; the
+CPU demo keeps them off.
 
 The model is a closed-vocabulary segmenter over the class names it was trained on (``config.class_names``);
 :mod:`sseg.inference` maps requested class names onto them (``closed_vocabulary``).
@@ -40,8 +46,9 @@ PAPER_FEATURE_BLOCKS = (4, 6, 8, 12)  # 1-based blocks of the 12-block ViT-B
 
 
 class UperNetConfig(StrictModel):
-    """UperNet-ViT sizes. Defaults: the paper's ViT-B/16 (``sseg_plus_vit_b16``); the CPU demo's size is the
-    named config ``sseg_plus_tiny``."""
+    """UperNet-ViT sizes. Defaults: the paper's ViT-B/16 and head width, without the auxiliary head and
+    SyncBN (the named config ``sseg_plus_vit_b16`` and the paper configs turn them on); the CPU demo's size
+    is the named config ``sseg_plus_tiny``."""
 
     class_names: list[str] = Field(default_factory=list)  # the closed vocabulary, label id = position
     image_size: int = Field(512, ge=16)  # the training crop; inference accepts any size (pos-embed resampled)
@@ -53,10 +60,16 @@ class UperNetConfig(StrictModel):
     drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0)
     # 0-based indices of the blocks feeding the neck; None: blocks 4, 6, 8, 12 scaled to ``depth``
     feature_blocks: list[int] | None = None
-    channels: int = Field(512, ge=4)  # UPerHead width (mmseg default 512)
+    channels: int = Field(768, ge=4)  # UPerHead width (BEiT/MAE's 768; mmseg's own default 512)
     pool_scales: tuple[int, ...] = (1, 2, 3, 6)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     backbone_checkpoint: str | None = None  # MAE / ViT weights (a local path); None: random init
+    # BEiT/MAE's auxiliary FCN head (off by default: checkpoints without it keep loading)
+    aux_head: bool = False
+    aux_channels: int = Field(256, ge=4)
+    aux_level: int = Field(2, ge=0, le=3)  # neck level it reads: 2 = block 8 at stride p (mmseg in_index=2)
+    aux_weight: float = Field(0.4, ge=0.0)  # its cross-entropy's weight in the loss
+    sync_bn: bool = False  # batch norm synchronised over the DDP workers (CUDA only; mmseg's SyncBN)
 
     @field_validator("class_names")
     @classmethod
@@ -148,6 +161,19 @@ class UperHead(nn.Module):
         return self.conv_seg(self.dropout(self.fpn_bottleneck(torch.cat(outs, dim=1))))
 
 
+class FCNHead(nn.Module):
+    """mmseg's FCNHead with ``num_convs=1, concat_input=False``: 3×3 conv + BN + ReLU, dropout, 1×1 classifier."""
+
+    def __init__(self, in_ch: int, channels: int, num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.convs = _conv_bn_relu(in_ch, channels, 3)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv_seg(self.dropout(self.convs(x)))
+
+
 class ViTBackbone(nn.Module):
     """timm ViT (absolute position embeddings, class token, any input size) + the multi-level neck."""
 
@@ -216,6 +242,8 @@ class UperNetViT(nn.Module):
         self.backbone = ViTBackbone(cfg)
         self.decode_head = UperHead([cfg.embed_dim] * 4, cfg.channels, len(cfg.class_names), cfg.pool_scales,
                                     cfg.dropout)
+        self.aux_head = (FCNHead(cfg.embed_dim, cfg.aux_channels, len(cfg.class_names), cfg.dropout)
+                         if cfg.aux_head else None)
         if cfg.backbone_checkpoint:
             load_vit_weights(self.backbone.vit, cfg.backbone_checkpoint)
 
@@ -244,8 +272,14 @@ class UperNetViT(nn.Module):
         """BEiT/MAE: no decay on biases, norms (1-D), the position embedding and the class token."""
         return param.ndim < 2 or name.endswith(".bias") or name.split(".")[-1] in ("pos_embed", "cls_token")
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.decode_head(self.backbone(images))
+    def forward(self, images: Tensor, with_aux: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
+        """Logits at the neck's finest stride; ``with_aux`` (training): ``(logits, aux logits or None)``,
+        the auxiliary head's at the stride of its level. Through ``forward`` so a DDP wrapper sees both."""
+        features = self.backbone(images)
+        logits = self.decode_head(features)
+        if not with_aux:
+            return logits
+        return logits, (self.aux_head(features[self.cfg.aux_level]) if self.aux_head is not None else None)
 
     def class_logits(self, images: Tensor) -> Tensor:
         """Logits ``[B, K, H, W]`` at the input size (bilinear, as mmseg resizes ``seg_logit``)."""
@@ -269,6 +303,29 @@ class UperNetViT(nn.Module):
         """The mask-model interface's ``pred_masks`` (one per trained class, the logits) so tools that take
         each pixel's most confident mask (``pipelines.stages.batch_inference.predicted_mask_ids``) work."""
         return {"pred_masks": self(images)}
+
+
+def decode_and_aux_loss(logits: Tensor, aux_logits: Tensor | None, labels: Tensor, aux_weight: float,
+                        ignore_index: int = IGNORE_INDEX,
+                        class_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """mmseg's EncoderDecoder loss: the decode head's cross-entropy plus ``aux_weight`` × the auxiliary
+    head's (each :func:`segmentation_loss` at the label size); returns the sum and the parts."""
+    loss = segmentation_loss(logits.float(), labels, ignore_index, class_weights)
+    if aux_logits is None:
+        return loss, {}
+    aux = segmentation_loss(aux_logits.float(), labels, ignore_index, class_weights)
+    return loss + aux_weight * aux, {"decode_loss": float(loss.detach()), "aux_loss": float(aux.detach())}
+
+
+def synchronise_batch_norm(model: nn.Module, world_size: int, device: torch.device) -> nn.Module:
+    """``model`` with every BatchNorm a SyncBatchNorm when its config asks (``sync_bn``) and it trains on
+    more than one CUDA worker (mmseg's SyncBN: with 2 images per GPU each worker's own batch statistics
+    would come from 2 images). The parameters stay the same objects, so an optimizer built before keeps
+    them. PyTorch's SyncBatchNorm runs on CUDA only: CPU workers keep per-worker batch norm."""
+    cfg = getattr(model, "cfg", None)
+    if not getattr(cfg, "sync_bn", False) or world_size <= 1 or torch.device(device).type != "cuda":
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def segmentation_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX,
