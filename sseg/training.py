@@ -257,6 +257,7 @@ class TrainStep(StageStep):
     model_name = "sseg"
     progress_keys = (("loss_mask", "mask"), ("loss_contrastive", "con"), ("loss_words", "words"),
                      ("temperature", "T"), ("query_collapse", "collapse"))
+    param_groups = staticmethod(decay_param_groups)
 
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler, num_segments: int, grad_clip: float | None, world_size: int = 1,
@@ -268,8 +269,6 @@ class TrainStep(StageStep):
         if caption_feature not in ("sequence", "word_mean"):
             raise ValueError(f"caption_feature must be 'sequence' or 'word_mean', got {caption_feature!r}")
         self.caption_feature = caption_feature
-
-    param_groups = staticmethod(decay_param_groups)
 
     def __call__(self, batch: Batch) -> dict[str, float]:
         return self.run(batch)
