@@ -1,0 +1,80 @@
+"""The cosine linear probe: normalised class weights, no bias, a fixed scale; soft-label cross-entropy
+weighted by mask area; SGD with momentum, linear warm-up then cosine decay (TUSS Sec. 4.2, MAE's recipe)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sseg.errors import DataError
+from sseg.tuss.config import ProbeConfig
+
+
+@dataclass
+class CosineProbe:
+    weight: Tensor  # [C, D]
+    scale: float
+
+    def logits(self, x: np.ndarray | Tensor) -> Tensor:
+        x = F.normalize(torch.as_tensor(np.asarray(x), dtype=torch.float32), dim=-1)
+        return self.scale * x @ F.normalize(self.weight, dim=-1).T
+
+    def scores(self, x: np.ndarray | Tensor) -> np.ndarray:
+        """Class probabilities ``[N, C]``."""
+        with torch.no_grad():
+            return self.logits(x).softmax(dim=-1).numpy()
+
+
+def learning_rate(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+    """``mean_i w_i · Σ_c −y_ic log p_ic``: a row's mass is its confidence (soft labels need not sum to 1)."""
+    return (weights * -(targets * logits.log_softmax(dim=-1)).sum(dim=-1)).mean()
+
+
+def train_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig) -> CosineProbe:
+    """Fit on embeddings ``x [N, D]``, soft labels ``y [N, C]`` and mask areas ``[N]``; masks whose label row
+    is all zero carry no supervision and are left out."""
+    if len(x) != len(y) or len(x) != len(area):
+        raise DataError(f"probe inputs disagree: {len(x)} embeddings, {len(y)} label rows, {len(area)} areas")
+    keep = np.asarray(y).sum(axis=1) > 0
+    if not keep.any():
+        raise DataError("the probe has no supervised mask (every label row is zero)")
+    xs = F.normalize(torch.as_tensor(np.asarray(x)[keep], dtype=torch.float32), dim=-1)
+    ys = torch.as_tensor(np.asarray(y)[keep], dtype=torch.float32)
+    ws = torch.as_tensor(np.asarray(area)[keep], dtype=torch.float32)
+    ws = ws / ws.mean()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start = ys.T @ xs if cfg.init == "prototype" else torch.randn(ys.shape[1], xs.shape[1], generator=gen)
+    # a class no mask supports keeps a random direction
+    empty = start.norm(dim=-1) == 0
+    start[empty] = torch.randn(int(empty.sum()), xs.shape[1], generator=gen)
+    weight = F.normalize(start, dim=-1).requires_grad_(True)
+    opt = torch.optim.SGD([weight], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    n = xs.shape[0]
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total, warmup = cfg.epochs * per_epoch, cfg.warmup_epochs * per_epoch
+    step = 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start:start + cfg.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, total, warmup, cfg.lr)
+            logits = cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T
+            loss = soft_cross_entropy(logits, ys[idx], ws[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return CosineProbe(weight.detach().clone(), cfg.scale)
