@@ -72,7 +72,7 @@ def bench_pseudo(args) -> list[dict]:
 
     import sseg  # noqa: F401
     from pipelines.io.pseudo_label_cache import PseudoLabelCache, pseudo_label_identity
-    from pipelines.runs.evaluate import WORLD_DEFAULT_SEGMENT
+    from pipelines.evaluation.report import WORLD_DEFAULT_SEGMENT
     from pipelines.stages.pseudo_labels import LabelChunk, build_pseudo_label_cache, encode_png
     from sseg.checkpoints import CHECKPOINT_FILE
     from sseg.data.datasets import build_dataset

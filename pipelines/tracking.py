@@ -148,29 +148,6 @@ def emit_result(result: Mapping[str, Any]) -> None:
     print(json.dumps(dict(result), sort_keys=True, default=float), flush=True)
 
 
-def resolve_checkpoint(spec: str, tracking_uri: str | None = None,
-                       artifact_path: str = "checkpoints/final") -> str:
-    """A checkpoint given as a path (file or directory) or as an MLflow run id (``runs:/<id>`` too)."""
-    import re
-
-    from sseg.errors import CheckpointError, first_line
-
-    if Path(spec).exists():
-        return str(spec)
-    run_id = spec[len("runs:/"):].strip("/").split("/")[0] if spec.startswith("runs:/") else spec
-    if not re.fullmatch(r"[0-9a-f]{32}", run_id):
-        raise CheckpointError(f"checkpoint not found: {spec} (give a path or an MLflow run id)")
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    try:
-        target = tempfile.mkdtemp(prefix="sseg-ckpt-")
-        return client.download_artifacts(run_id, artifact_path, target)
-    except Exception as exc:  # noqa: BLE001 - unknown run, missing artifact, unreachable server
-        raise CheckpointError(f"MLflow run {run_id} has no checkpoint at '{artifact_path}': "
-                              f"{first_line(exc)[:200]}") from None
-
-
 @contextmanager
 def tracked_run(experiment: str, *, stage: str, run_name: str | None = None, run_id: str | None = None,
                 parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None,

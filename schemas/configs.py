@@ -66,17 +66,11 @@ class PseudoMaskJobConfig(StrictModel):
     tracking: TrackingConfig = TrackingConfig(experiment="sseg-pseudo-masks")
 
 
-class TrainConfig(StrictModel):
-    global_batch_size: int = Field(default=4096, gt=0)
-    steps: int | None = Field(default=None, gt=0)  # None: epochs × samples / batch
-    epochs: float = Field(default=30, gt=0)
-    lr: float = Field(default=5e-4, gt=0)
-    weight_decay: float = Field(default=0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_epochs: float = Field(default=2, ge=0)
-    warmup_steps: int | None = Field(default=None, ge=0)  # overrides warmup_epochs
-    grad_clip: float | None = Field(default=1.0, gt=0)
-    bf16: Literal["auto", "on", "off"] = "auto"  # auto: bf16 autocast on GPU only
+class RuntimeConfig(StrictModel):
+    """How a training stage runs on the cluster: the fields every stage's ``train`` section shares (each
+    stage's train config inherits them; a stage whose defaults differ sets them where it uses its train
+    config, e.g. ``SemiVLConfig.train``)."""
+
     seed: int = 0
     num_workers: int = Field(default=1, gt=0)
     use_gpu: bool = False
@@ -93,16 +87,29 @@ class TrainConfig(StrictModel):
     # naming the starved stage and the cluster's free CPUs. None: never.
     stall_timeout_s: float | None = Field(default=600, gt=0)
     threads_per_worker: int | None = Field(default=None, gt=0)  # torch threads; None: cpus_per_worker
-    max_failures: int = Field(default=2, ge=0)
+    max_failures: int = Field(default=2, ge=0)  # worker restarts (a ConfigError/DataError/CheckpointError: none)
     log_every: int = Field(default=10, gt=0)
     checkpoint_every: int = Field(default=200, gt=0)
     checkpoints_to_keep: int = Field(default=2, gt=0)
     shuffle_buffer: int = Field(default=512, ge=0)
-    # The seed also fixes the data: file order per epoch, crops and shuffle (Ray Data keeps the row order,
-    # at some cost in throughput), so a rerun with the same seed and worker count trains on the same
-    # batches. Only with the pseudo-mask cache (the stream path's order follows its actor pool); false: the
-    # fastest, non-deterministic order.
+    # The seed also fixes the data: file order per epoch, crops, views and shuffle (Ray Data keeps the row
+    # order, at some cost in throughput), so a rerun with the same seed and worker count trains on the same
+    # batches (pretraining: with the pseudo-mask cache only; the stream path's order follows its actor
+    # pool). false: the fastest, non-deterministic order.
     deterministic_data: bool = True
+
+
+class TrainConfig(RuntimeConfig):
+    global_batch_size: int = Field(default=4096, gt=0)
+    steps: int | None = Field(default=None, gt=0)  # None: epochs × samples / batch
+    epochs: float = Field(default=30, gt=0)
+    lr: float = Field(default=5e-4, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = Field(default=2, ge=0)
+    warmup_steps: int | None = Field(default=None, ge=0)  # overrides warmup_epochs
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: bf16 autocast on GPU only
     weight_mask: float = 1.0
     weight_contrastive: float = 1.0
     weight_focal: float = 20.0
@@ -248,7 +255,7 @@ class SemiVLVLMConfig(StrictModel):
     embed_dim: int | None = Field(default=None, gt=0)  # expected text/image embedding size, if fixed
 
 
-class SemiVLTrainConfig(StrictModel):
+class SemiVLTrainConfig(RuntimeConfig):
     steps: int = Field(default=400, gt=0)
     batch_size: int = Field(default=4, gt=0)  # labelled + as many unlabelled images per step (paper: 8 + 8)
     lr: float = Field(default=1e-3, gt=0)  # base lr (paper: 1e-4 VOC)
@@ -263,19 +270,6 @@ class SemiVLTrainConfig(StrictModel):
     guidance_scale: float = 100.0
     supervised_only: bool = False  # labelled images alone, no consistency or guidance
     grad_clip: float | None = Field(default=None, gt=0)
-    seed: int = 0
-    num_workers: int = Field(default=1, gt=0)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1, gt=0)
-    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # see TrainConfig
-    threads_per_worker: int | None = Field(default=2, gt=0)
-    max_failures: int = Field(default=1, ge=0)
-    stall_timeout_s: float | None = Field(default=600, gt=0)  # see TrainConfig; None: never
-    log_every: int = Field(default=20, gt=0)
-    checkpoint_every: int = Field(default=200, gt=0)
-    checkpoints_to_keep: int = Field(default=1, gt=0)
-    shuffle_buffer: int = Field(default=256, ge=0)
-    deterministic_data: bool = True  # see TrainConfig: views and batch order follow from train.seed
 
 
 class SemiVLEvalConfig(StrictModel):
@@ -301,7 +295,8 @@ class SemiVLConfig(StrictModel):
     model: dict = Field(default_factory=lambda: {"channels": 16, "text_channels": 16, "up_channels": [8, 8],
                                                  "skip_channels": [4, 4], "deeplab_channels": 32,
                                                  "dense_pool": 2})
-    train: SemiVLTrainConfig = SemiVLTrainConfig()
+    train: SemiVLTrainConfig = SemiVLTrainConfig(threads_per_worker=2, max_failures=1, log_every=20,
+                                                 checkpoints_to_keep=1, shuffle_buffer=256)
     eval: SemiVLEvalConfig = SemiVLEvalConfig()
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()
@@ -355,7 +350,7 @@ class PseudoLabelConfig(StrictModel):
     confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
-class SelfTrainTrainConfig(StrictModel):
+class SelfTrainTrainConfig(RuntimeConfig):
     """Defaults: the embedded CPU run. The paper (Table 6): configs/self_train_{voc,context,coco}.yaml."""
 
     global_batch_size: int = Field(default=16, gt=0)
@@ -368,7 +363,6 @@ class SelfTrainTrainConfig(StrictModel):
     poly_power: float = Field(default=1.0, gt=0)
     grad_clip: float | None = Field(default=None, gt=0)
     bf16: Literal["auto", "on", "off"] = "auto"
-    seed: int = 0
     crop_size: int | None = Field(default=None, gt=7)  # None: model.image_size
     crop_scale: tuple[float, float] = (0.5, 1.0)
     hflip: bool = True
@@ -377,17 +371,6 @@ class SelfTrainTrainConfig(StrictModel):
     # teacher's rare, small classes are not drowned by the large ones
     class_balance: Literal["none", "inverse_sqrt"] = "none"
     class_weights: list[float] | None = None  # set by the run from the pseudo-labels when class_balance is on
-    num_workers: int = Field(default=1, gt=0)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1, gt=0)
-    placement_strategy: Literal["PACK", "SPREAD"] = "PACK"  # see TrainConfig
-    threads_per_worker: int | None = Field(default=None, gt=0)  # torch threads; None: cpus_per_worker
-    stall_timeout_s: float | None = Field(default=300, gt=0)
-    max_failures: int = Field(default=2, ge=0)
-    log_every: int = Field(default=50, gt=0)
-    checkpoint_every: int = Field(default=500, gt=0)
-    checkpoints_to_keep: int = Field(default=2, gt=0)
-    shuffle_buffer: int = Field(default=256, ge=0)
 
     @field_validator("crop_scale")
     @classmethod
@@ -413,9 +396,10 @@ class SelfTrainConfig(StrictModel):
     """S-Seg+ (seed 004 sec. 3.3.4): pseudo-label the target's train images with an S-Seg checkpoint,
     train UperNet-ViT on them, evaluate both. Defaults = the embedded CPU run on the world."""
 
-    checkpoint: str | None = None  # S-Seg checkpoint path or MLflow run id; None: newest finished pretraining
-    pretrain_experiment: str = "sseg-pretrain"  # where the newest finished pretraining run is looked up
-    pretrain_config: str | None = None  # YAML of the pretraining run trained when none is found; None: embedded
+    # S-Seg checkpoint path or MLflow run id; None: the newest finished run of pretrain_experiment that holds
+    # a final checkpoint (none: a one-line error naming the pretraining command)
+    checkpoint: str | None = None
+    pretrain_experiment: str = "sseg-pretrain"
     world: WorldConfig | None = WorldConfig()  # generated into world_dir if absent; null for real data
     world_dir: str = "data/world"
     target: SelfTrainTargetConfig = SelfTrainTargetConfig()
@@ -427,7 +411,9 @@ class SelfTrainConfig(StrictModel):
     # and, measured on the world (README, S-Seg+): class-balanced cross-entropy, every pseudo-labelled pixel
     # kept, pseudo-labels from flip + 1.5× test-time augmentation (each named as a deviation)
     train: SelfTrainTrainConfig = SelfTrainTrainConfig(steps=1600, lr=1e-3, layer_decay=0.9, warmup_steps=100,
-                                                       class_balance="inverse_sqrt", threads_per_worker=2)
+                                                       class_balance="inverse_sqrt", threads_per_worker=2,
+                                                       stall_timeout_s=300, log_every=50, checkpoint_every=500,
+                                                       shuffle_buffer=256)
     eval: SelfTrainEvalConfig = SelfTrainEvalConfig()
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()

@@ -48,3 +48,35 @@ def test_jobs_are_thin_wiring() -> None:
     long = [f"{p.name}: {n} lines" for p in sorted((ROOT / "jobs").glob("*.py"))
             if (n := len(p.read_text().splitlines())) > 50]
     assert not long, long
+
+
+def _module_imports(path: Path) -> set[str]:
+    """Full dotted names of the modules ``path`` imports (any depth: inside functions too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_runs_import_no_other_run_and_stay_short() -> None:
+    """A run orchestrates one job; what two runs share lives in pipelines/training, pipelines/lineage.py or
+    pipelines/evaluation, so pipelines/runs/ is no library for the other runs."""
+    runs = sorted((ROOT / "pipelines" / "runs").glob("*.py"))
+    crossing = [f"{p.name} imports {m}" for p in runs for m in _module_imports(p) if m.startswith("pipelines.runs")]
+    assert not crossing, crossing
+    long = [f"{p.name}: {n} lines" for p in runs if (n := len(p.read_text().splitlines())) > 200]
+    assert not long, long
+
+
+def test_private_ray_apis_only_in_ray_private() -> None:
+    """Ray internals are reached through pipelines/io/ray_private.py alone (tests/test_ray_private.py
+    checks they still exist)."""
+    markers = ("._internal", "_execution_idx", "._logical_plan")
+    wrong = [f"{p.relative_to(ROOT)}: {m}" for layer in ("pipelines", "sseg", "schemas", "jobs")
+             for p in sorted((ROOT / layer).rglob("*.py")) if p.name != "ray_private.py"
+             for m in markers if m in p.read_text()]
+    assert not wrong, wrong

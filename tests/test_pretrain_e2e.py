@@ -45,6 +45,7 @@ def trained(ray_session, workdir):
     from pipelines.runs.pretrain import run_pretrain
     from schemas.configs import PretrainConfig
     from sseg.config import load_config
+    from tests.fault_hooks import exit_once_at_step_3
 
     old = os.getcwd()
     os.chdir(workdir)
@@ -54,7 +55,7 @@ def trained(ray_session, workdir):
         cfg = load_config(PretrainConfig, None, TINY + ["train.steps=8", "train.weight_words=1",
                                                         "tracking.run_name=faulty"])
         with contextlib.redirect_stdout(out):
-            result = run_pretrain(cfg, callbacks=["tests.fault_hooks:exit_once_at_step_3"])
+            result = run_pretrain(cfg, callbacks=[exit_once_at_step_3])
     finally:
         os.chdir(old)
     result["stdout"] = out.getvalue()
@@ -139,7 +140,8 @@ def test_resume_flag_continues_a_stopped_run(ray_session, trained, workdir, monk
 
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-    assert main(TINY + ["train.steps=10", "eval.labeled_split=null", "--resume", "faulty"]) == 0
+    # the same config (train.steps and eval may differ)
+    assert main(TINY + ["train.steps=10", "train.weight_words=1", "eval.labeled_split=null", "--resume", "faulty"]) == 0
     resumed = _last_json(capsys)
     assert resumed["steps"] == 10 and resumed["mlflow_run_id"] == trained["mlflow_run_id"]
     from mlflow.tracking import MlflowClient
@@ -151,13 +153,29 @@ def test_resume_flag_continues_a_stopped_run(ray_session, trained, workdir, monk
     assert client.get_run(trained["mlflow_run_id"]).info.status == "FINISHED"
 
 
-def test_resume_with_another_model_config_is_refused(ray_session, trained, workdir, monkeypatch):
+def test_resume_with_another_config_is_refused(ray_session, trained, workdir, monkeypatch):
     from jobs.pretrain import main
     from sseg.errors import SsegError
 
     monkeypatch.chdir(workdir)
-    with pytest.raises(SsegError, match="another model config"):
-        main(TINY + ["model.num_queries=5", "--resume", "faulty"])
+    with pytest.raises(SsegError, match=r"another config \(model.num_queries: 4, now 5\)"):
+        main(TINY + ["train.weight_words=1", "model.num_queries=5", "--resume", "faulty"])
+    with pytest.raises(SsegError, match=r"another config \(train.lr"):
+        main(TINY + ["train.weight_words=1", "train.lr=0.003", "--resume", "faulty"])
+
+
+def test_a_new_run_never_reuses_an_existing_run_name(ray_session, trained, workdir, monkeypatch, capsys):
+    """A second run named like the first would be handed the first run's checkpoints by Ray Train:
+    refused in one line, exit 2, before any work."""
+    from jobs.pretrain import main
+    from pipelines.cli import run_job
+
+    monkeypatch.chdir(workdir)
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(main, TINY + ["eval.labeled_split=null", "tracking.run_name=faulty", "train.lr=0.003"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a run of that name exists" in err[0] and "--resume faulty" in err[0]
 
 
 def test_evaluate_job_reports_both_protocols(ray_session, trained, workdir, monkeypatch, capsys):

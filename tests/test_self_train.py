@@ -341,6 +341,51 @@ def test_self_train_job_end_to_end(ray_session, tiny_world, tmp_path, monkeypatc
     assert "split file is empty" in one_line_error(args + [f"checkpoint={checkpoint}", f"target.root={tmp_path / 'empty'}"])
 
 
+@pytest.mark.slow
+def test_self_train_killed_then_resume_latest_logs_no_step_twice(ray_session, tiny_world, tmp_path, monkeypatch,
+                                                                 capsys):
+    """The worker dies after step 3 with no restart left: the run fails; ``--resume latest`` continues it
+    from its step-2 checkpoint in the same MLflow run (the pseudo-labels from the cache), no step logged
+    twice. The seeded data (train.deterministic_data) makes it the uninterrupted run's data. A new run under
+    the same name, or a resume with another config, is refused before any work."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs.self_train import main
+    from pipelines.runs.self_train import run_self_train
+    from schemas.configs import SelfTrainConfig
+    from sseg.config import load_config
+    from sseg.errors import ConfigError, SsegError
+    from tests.fault_hooks import exit_once_at_step_3
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    checkpoint = _untrained_sseg_checkpoint(tmp_path / "parent")
+    args = ["world=null", f"checkpoint={checkpoint}", f"target.root={tiny_world / 'voc'}",
+            "target.max_train_images=8", "pseudo_labels.chunk_size=8", "pseudo_labels.num_actors=1",
+            "model.embed_dim=32", "model.num_heads=2", "model.depth=4", "model.channels=8",
+            "train.global_batch_size=4", "train.steps=4", "train.warmup_steps=1", "train.log_every=1",
+            "train.checkpoint_every=2", "train.shuffle_buffer=0", "train.max_failures=0", "eval.protocols=[]",
+            "eval.pictures=0", "eval.max_images=4", "pseudo_labels.segment.templates=single",
+            "eval.segment.templates=single", "tracking.run_name=killed"]
+    with pytest.raises(SsegError, match="training failed"):
+        run_self_train(load_config(SelfTrainConfig, None, args), callbacks=[exit_once_at_step_3])
+    with pytest.raises(ConfigError, match="a run of that name exists"):
+        main(args)
+    with pytest.raises(ConfigError, match=r"another config \(train.lr"):
+        main(args + ["train.lr=0.01", "--resume", "latest"])
+    capsys.readouterr()
+    assert main(args + ["--resume", "latest"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    client = MlflowClient(uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert result["steps"] == 4 and run.info.status == "FINISHED" and run.info.run_name == "killed"
+    assert result["pseudo_label_chunks_labelled"] == 0  # the cache of the killed run, reused
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train.resumed_from_step")] \
+        == [(2, 2.0)]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train.loss")) == [1, 2, 3, 4]
+
+
 def test_balanced_class_weights_known_answer():
     from sseg.self_training import balanced_class_weights
 

@@ -425,3 +425,74 @@ def test_ray_job_submit_tiny_semivl(local_cluster):  # noqa: F811
     assert result["steps"] == 2 and 0.0 <= result["miou"] <= 1.0
     run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["sseg.stage"] == "semivl"
+
+
+@pytest.mark.slow
+def test_semivl_killed_then_resume_latest_logs_no_step_twice(ray_session, tiny_world, tmp_path, mlflow_uri,
+                                                             capsys):
+    """The worker dies after step 3 with no restart left (train.max_failures=0): the run fails; ``--resume
+    latest`` continues it from its step-2 checkpoint in the same MLflow run, and no step is logged twice.
+    A new run under the same name, or a resume with another config, is refused before any work."""
+    import semivl as job
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.runs.semivl import run_semivl
+    from schemas.configs import SemiVLConfig
+    from sseg.config import load_config
+    from sseg.errors import ConfigError, SsegError
+    from tests.fault_hooks import exit_once_at_step_3
+
+    checkpoint = _tiny_sseg_checkpoint(tmp_path / "sseg")
+    args = _overrides(tiny_world, tmp_path, checkpoint) + ["train.steps=4", "tracking.run_name=killed",
+                                                           "train.max_failures=0"]
+    with pytest.raises(SsegError, match="training failed"):
+        run_semivl(load_config(SemiVLConfig, None, args), callbacks=[exit_once_at_step_3])
+    with pytest.raises(ConfigError, match="a run of that name exists"):
+        job.main(args)
+    with pytest.raises(ConfigError, match=r"another config \(train.lr"):
+        job.main(args + ["train.lr=0.01", "--resume", "latest"])
+    capsys.readouterr()
+    assert job.main(args + ["--resume", "latest"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert result["steps"] == 4 and run.info.status == "FINISHED" and run.info.run_name == "killed"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train.resumed_from_step")] \
+        == [(2, 2.0)]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train.loss")) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_deterministic_error_in_a_worker_is_not_retried(ray_session, tiny_world, tmp_path, mlflow_uri):
+    """A DataError raised inside the worker ends the run at once with that error (train.max_failures=2
+    would otherwise start the workers again and hit it twice more)."""
+    from pipelines.runs.semivl import run_semivl
+    from schemas.configs import SemiVLConfig
+    from sseg.config import load_config
+    from tests.fault_hooks import data_error_at_step_1
+
+    checkpoint = _tiny_sseg_checkpoint(tmp_path / "sseg")
+    cfg = load_config(SemiVLConfig, None, _overrides(tiny_world, tmp_path, checkpoint) + ["train.max_failures=2"])
+    with pytest.raises(DataError, match=r"^bad sample in shard 7 \(a test fault\)$"):
+        run_semivl(cfg, callbacks=[data_error_at_step_1])
+    assert (tmp_path / "runs" / "tiny-semivl" / "data_error_attempts").read_text().split() == ["0"]
+
+
+def test_a_query_feature_parent_is_refused_before_ray(tiny_world, tmp_path, mlflow_uri, capsys):
+    """The S-Seg VLM needs pooled mask features: a parent trained with query features is refused by the
+    pre-flight checks (one line, exit 2, nothing written), not in the workers."""
+    import semivl as job
+    from pipelines.cli import run_job
+    from sseg.checkpoints import save_checkpoint
+    from sseg.models.config import ModelConfig
+    from sseg.models.sseg_model import SSegModel
+
+    config = {**TINY_SSEG, "mask_feature_source": "query"}
+    checkpoint = save_checkpoint(tmp_path / "sseg", model=SSegModel(ModelConfig.model_validate(config)),
+                                 model_config=config, extra={})
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(job.main, _overrides(tiny_world, tmp_path, checkpoint))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mask_feature_source=pooled" in err[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()

@@ -22,6 +22,7 @@ PROGRAM = textwrap.dedent("""
     from ray.cluster_utils import Cluster
 
     from pipelines.runs.pretrain import run_pretrain
+    from tests import fault_hooks
     from schemas.configs import PretrainConfig
     from sseg.config import load_config
 
@@ -32,8 +33,8 @@ PROGRAM = textwrap.dedent("""
     cluster.wait_for_nodes()
     try:
         cfg = load_config(PretrainConfig, "configs/tiny.yaml", sys.argv[1:] + [f"ray.address={cluster.address}"])
-        result = run_pretrain(cfg, callbacks=["tests.fault_hooks:record_node",
-                                              "tests.fault_hooks:exit_once_at_step_3"])
+        result = run_pretrain(cfg, callbacks=[fault_hooks.record_node,
+                                              fault_hooks.exit_once_at_step_3])
         import ray
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
         print(json.dumps({**result, "cluster_nodes": nodes}), flush=True)

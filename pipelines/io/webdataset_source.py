@@ -17,11 +17,9 @@ import zlib
 from typing import Iterator
 
 import pyarrow as pa
-from ray.data._internal.datasource.webdataset_datasource import (
-    WebDatasetDatasource,
-    _group_by_keys,
-    _tar_file_iterator,
-)
+from pipelines.io.ray_private import webdataset_internals
+
+WebDatasetDatasource, _group_by_keys, _tar_file_iterator = webdataset_internals()
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
-from pipelines.runs.pretrain_eval import log_pictures
+from pipelines.evaluation.report import background_classes_of, evaluate_protocols, segment_settings
 from pipelines.io.runtime import init_ray, require_gpus
-from pipelines.stages.batch_inference import run_evaluation
-from pipelines.stages.evaluate_protocols import background_threshold, build_protocol
-from pipelines.tracking import generated_run_name, resolve_checkpoint, tracked_run
+from pipelines.lineage import resolve_checkpoint
+from pipelines.stages.evaluate_protocols import background_threshold
+from pipelines.tracking import generated_run_name, tracked_run
 from schemas.configs import EvaluateConfig
 from sseg.config import flatten
 from sseg.errors import CheckpointError, ConfigError
@@ -23,9 +21,6 @@ def model_entry_check(state: dict, checkpoint: str) -> None:
         raise CheckpointError(f"checkpoint {checkpoint} holds a '{state['model_name']}' model, which cannot segment")
 
 
-WORLD_DEFAULT_SEGMENT = {"short_side": 64, "sliding": False, "window": 64, "stride": 64, "templates": "clip7"}
-
-
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     """Both protocols (or those configured) on one dataset, in one MLflow run; returns the result."""
     if not cfg.checkpoint:
@@ -38,18 +33,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
 
     state = load_checkpoint(checkpoint)
     model_entry_check(state, checkpoint)
-    segment = dict(WORLD_DEFAULT_SEGMENT) if cfg.dataset == "world" else {}
-    segment.update(cfg.segment)
+    segment = segment_settings(cfg.dataset, cfg.segment)
     checked = SegmentConfig.model_validate({**segment, "bg_mode": "none"})  # validate fields early
     check_class_names_encodable(list(reader.class_names), checked.templates,
                                 int(state["model_config"].get("context_length", 77)))
     bg_thresh, bg_source = background_threshold(cfg.dataset, segment)
     segment["bg_thresh"] = bg_thresh
-    background_classes = cfg.background_classes
-    if background_classes is None and cfg.dataset == "world":
-        from sseg.world import STUFF_CLASSES
-
-        background_classes = list(STUFF_CLASSES)
+    background_classes = background_classes_of(cfg.dataset, cfg.background_classes)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     require_gpus(cfg.gpus_per_actor, "gpus_per_actor")
     parent = (state.get("extra") or {}).get("mlflow_run_id")
@@ -72,34 +62,16 @@ def _evaluate_protocols(cfg, tracker, result, reader, checkpoint, segment, check
         clamp = ", clamped per image to its best foreground probability" if checked.bg_clamp else ""
         print(f"[sseg] {cfg.dataset} with_background: background threshold {bg_thresh:g} "
               f"({bg_source}){clamp}", flush=True)
-    for name in cfg.protocols:
-        protocol = build_protocol(name, list(reader.class_names), reader.background_index,
-                                  background_classes)
-        seg = {**segment, "bg_mode": protocol.bg_mode}
-        out = run_evaluation(
-            checkpoint, {"name": cfg.dataset, "root": cfg.root, "split": cfg.split,
-                         "label_map": protocol.label_map},
-            seg, protocol.text_classes, background_index=protocol.background_index,
-            max_images=cfg.max_images, num_actors=cfg.num_actors, gpus_per_actor=cfg.gpus_per_actor,
-            batch_size=cfg.batch_size, keep_predictions=cfg.pictures, mask_quality=False)
-        metrics = out["confusion"].compute(exclude=protocol.exclude)
-        result[f"miou_{name}"] = metrics["miou"]
-        result[f"pixel_accuracy_{name}"] = metrics["pixel_accuracy"]
-        result["images"] = out["images"]
-        result["skipped"] = out["skipped"]
-        result["images_per_s"] = out["images_per_s"]
-        if protocol.bg_mode == "threshold":
-            result["bg_clamped_images"] = out["bg_clamped"]
-            tracker.log_metrics({f"eval.bg_clamped_images_{name}": out["bg_clamped"]})
-        tracker.log_metrics({f"eval.miou_{name}": metrics["miou"],
-                             f"eval.pixel_accuracy_{name}": metrics["pixel_accuracy"],
-                             "eval.images_per_s": out["images_per_s"]})
-        tracker.log_metrics({f"eval.{name}.iou.{n}": v for n, v in
-                             zip(protocol.report_names, metrics["per_class_iou"]) if not math.isnan(v)})
-        tracker.log_dict({"class_names": protocol.report_names,
-                          "per_class_iou": [None if math.isnan(v) else v for v in metrics["per_class_iou"]],
-                          "confusion": out["confusion"].matrix.tolist()}, f"eval/{name}.json")
-        log_pictures(tracker, out["examples"], protocol.report_names, metrics["per_class_iou"],
-                     f"eval/{name}")
-        print(f"[sseg] {cfg.dataset} {name}: mIoU {100 * metrics['miou']:.1f} "
-              f"({out['images']} images, {out['images_per_s']:.1f} img/s)", flush=True)
+    for name in cfg.protocols:  # one protocol at a time: each line printed as soon as it is measured
+        report = evaluate_protocols(
+            tracker, [("model", checkpoint, "eval")], {"name": cfg.dataset, "root": cfg.root, "split": cfg.split},
+            reader, [name], segment, background_classes=background_classes, max_images=cfg.max_images,
+            num_actors=cfg.num_actors, gpus_per_actor=cfg.gpus_per_actor, batch_size=cfg.batch_size,
+            pictures=cfg.pictures)["model"][name]
+        result[f"miou_{name}"] = report["miou"]
+        result[f"pixel_accuracy_{name}"] = report["pixel_accuracy"]
+        result.update(images=report["images"], skipped=report["skipped"], images_per_s=report["images_per_s"])
+        if "bg_clamped_images" in report:
+            result["bg_clamped_images"] = report["bg_clamped_images"]
+        print(f"[sseg] {cfg.dataset} {name}: mIoU {100 * report['miou']:.1f} "
+              f"({report['images']} images, {report['images_per_s']:.1f} img/s)", flush=True)

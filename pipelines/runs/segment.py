@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.tracking import resolve_checkpoint, tracked_run
+from pipelines.lineage import resolve_checkpoint
+from pipelines.tracking import tracked_run
 from schemas.configs import SegmentJobConfig
 from sseg.errors import ConfigError, DataError
 

@@ -6,17 +6,23 @@ image and label get the same random resized crop and horizontal flip (``sseg.dat
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pyarrow.parquet as pq
 import ray
 
+from pipelines.io.ray_private import execution_index
 from pipelines.stages.pseudo_labels import decode_png
 from sseg.data.transforms import random_resized_crop
 from sseg.models.upernet import IGNORE_INDEX
 
 
 class CropPseudoLabels:
-    """map_batches: cache rows → {"image" uint8 [B,S,S,3], "label" uint8 [B,S,S]} (255 = ignored)."""
+    """map_batches: cache rows → {"image" uint8 [B,S,S,3], "label" uint8 [B,S,S]} (255 = ignored).
+
+    With a seed, each row's crop and flip come from (seed, row key, epoch): a rerun with the same seed sees
+    the same crops, each epoch new ones. Without one, they are random."""
 
     def __init__(self, size: int, crop_scale: tuple[float, float], threshold: float, hflip: bool = True,
                  seed: int | None = None):
@@ -24,15 +30,20 @@ class CropPseudoLabels:
         self.crop_scale = tuple(crop_scale)
         self.threshold_u8 = int(np.ceil(threshold * 255 - 1e-9))
         self.hflip = hflip
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.rng = np.random.default_rng()
 
     def __call__(self, batch: dict) -> dict:
         images, labels = [], []
-        for image_png, label_png, confidence_png in zip(batch["image"], batch["label_png"], batch["confidence_png"]):
+        epoch = execution_index() if self.seed is not None else 0
+        for key, image_png, label_png, confidence_png in zip(batch["key"], batch["image"], batch["label_png"],
+                                                              batch["confidence_png"]):
+            rng = self.rng if self.seed is None else np.random.default_rng(
+                [zlib.crc32(str(key).encode()), epoch, self.seed])
             image = decode_png(image_png)
             label = decode_png(label_png).copy()
             label[decode_png(confidence_png) < self.threshold_u8] = IGNORE_INDEX
-            image, label = random_resized_crop(image, self.size, self.rng, labels=label, scale=self.crop_scale,
+            image, label = random_resized_crop(image, self.size, rng, labels=label, scale=self.crop_scale,
                                                hflip=self.hflip)
             images.append(image)
             labels.append(label)
@@ -42,9 +53,13 @@ class CropPseudoLabels:
 
 
 def self_train_dataset(files: list[str], size: int, crop_scale: tuple[float, float], threshold: float,
-                       hflip: bool = True, batch_size: int = 64) -> ray.data.Dataset:
-    ds = ray.data.read_parquet(files, shuffle="files").select_columns(["image", "label_png", "confidence_png"])
-    return ds.map_batches(CropPseudoLabels(size, crop_scale, threshold, hflip), batch_size=batch_size,
+                       hflip: bool = True, batch_size: int = 64, seed: int | None = None) -> ray.data.Dataset:
+    """``seed``: the file order of every epoch and every crop follow from it (the trainer must also preserve
+    the row order: LoopSettings.data_seed); None: random."""
+    shuffle = ray.data.FileShuffleConfig(seed=seed) if seed is not None else "files"
+    ds = ray.data.read_parquet(files, shuffle=shuffle).select_columns(["key", "image", "label_png",
+                                                                       "confidence_png"])
+    return ds.map_batches(CropPseudoLabels(size, crop_scale, threshold, hflip, seed), batch_size=batch_size,
                           batch_format="numpy", compute=ray.data.TaskPoolStrategy())
 
 

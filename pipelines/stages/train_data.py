@@ -23,9 +23,9 @@ def _execution_index() -> int:
     """How many times this dataset has been executed before (Ray Data counts executions in the
     DataContext that travels with every task; its own seeded random ops use the same counter): one
     per training epoch."""
-    from ray.data import DataContext
+    from pipelines.io.ray_private import execution_index
 
-    return int(getattr(DataContext.get_current(), "_execution_idx", 0))
+    return execution_index()
 
 
 class CropCachedSamples:

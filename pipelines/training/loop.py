@@ -1,6 +1,6 @@
 """The one Ray Train loop of every training stage, and the TorchTrainer around it.
 
-A stage brings a *step builder* — an importable ``"package.module:function"`` that, on each worker,
+A stage brings a *step builder* — a module-level function (pickled by reference) that, on each worker,
 builds a :class:`sseg.training.TrainingStep` (model, optimizer, scheduler and ``run(batch) -> metrics``,
 plain PyTorch) from the job config. The loop owns everything distributed and operational:
 
@@ -12,8 +12,11 @@ plain PyTorch) from the job config. The loop owns everything distributed and ope
   a checkpoint every ``checkpoint_every`` steps and at the end, rank 0 writing it;
 * a non-finite loss stops every worker and keeps the last good checkpoint;
 * rank-0 MLflow metrics, a progress line and images/s every ``log_every`` steps;
-* ``callbacks``: importable functions called after every step with a small event dict; an extension
+* ``callbacks``: module-level functions called after every step with a small event dict; an extension
   point (tests inject faults through it, from the test side);
+* a deterministic error (:class:`sseg.errors.ConfigError`, ``DataError``, ``CheckpointError``) is told to
+  the progress actor and ends the worker instead of raising: Ray Train's failure policy would restart
+  the workers and hit it again ``max_failures`` times;
 * stall detection: every worker tells a small progress actor when it waits for data and when it runs
   a step; :func:`fit_watched` stops the run with a message naming the starved stage when nothing has
   moved for ``stall_timeout_s``.
@@ -22,7 +25,6 @@ plain PyTorch) from the job config. The loop owns everything distributed and ope
 from __future__ import annotations
 
 import _thread
-import importlib
 import logging
 import math
 import tempfile
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 class LoopSettings:
     """What the loop needs besides the stage's own config (sent to every worker as a plain dict)."""
 
-    step_builder: str  # "package.module:function" -> TrainingStep
+    step_builder: Callable[..., Any]  # (config, *, device, rank, world_size, total_steps, warmup_steps) -> TrainingStep
     config: dict  # the job config as JSON, handed to the step builder
     total_steps: int
     warmup_steps: int
@@ -54,7 +56,7 @@ class LoopSettings:
     mlflow_run_id: str | None
     tracking_uri: str
     run_dir: str
-    callbacks: list[str] = field(default_factory=list)
+    callbacks: list[Callable[[dict], None]] = field(default_factory=list)
     progress_actor: str | None = None  # name of the ProgressMonitor actor (stall detection), if any
     # Not None: the dataset is read in a fixed order (Ray Data preserve_order) and the local shuffle of
     # epoch e is seeded with data_seed·1000 + e, so a rerun sees the same batches (the dataset's own
@@ -68,14 +70,6 @@ class LoopSettings:
         return asdict(self)
 
 
-def import_object(path: str) -> Any:
-    """``"package.module:attribute"`` → the attribute."""
-    module, _, name = path.partition(":")
-    if not module or not name:
-        raise ValueError(f"expected 'package.module:attribute', got {path!r}")
-    return getattr(importlib.import_module(module), name)
-
-
 def _all_true(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` holds on every worker (one tiny all-reduce; keeps DDP workers in step)."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -83,13 +77,6 @@ def _all_true(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
-
-
-def _quiet_report_log() -> None:
-    """Ray Train logs every report's full metrics dict at INFO; our own progress line says enough."""
-    from ray.train.v2._internal.execution import context
-
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def _progress_line(step: int, total: int, metrics: dict, keys: tuple[str, ...]) -> str:
@@ -100,26 +87,40 @@ def _progress_line(step: int, total: int, metrics: dict, keys: tuple[str, ...]) 
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    from sseg.errors import CheckpointError, ConfigError, DataError
+
+    settings = LoopSettings(**loop_config)
+    try:
+        _train(settings)
+    except (ConfigError, DataError, CheckpointError) as exc:  # the same on every retry: fail once
+        if not settings.progress_actor:
+            raise
+        import ray
+
+        actor = ray.get_actor(settings.progress_actor, namespace="sseg")
+        ray.get(actor.fatal.remote(type(exc).__name__, str(exc)), timeout=60)
+
+
+def _train(settings: LoopSettings) -> None:
     import sseg  # noqa: F401 - torchvision fix in this worker process
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
 
+    from pipelines.io.ray_private import quiet_train_report_log
     from pipelines.tracking import Tracker
     from sseg.checkpoints import DataPosition, restore_training_state, save_training_state
 
-    settings = LoopSettings(**loop_config)
-    _quiet_report_log()
+    quiet_train_report_log()
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     beat = _heartbeat(settings.progress_actor, rank)
     beat(0, "starting")
     torch.set_num_threads(settings.threads)
     device = ray.train.torch.get_device()
-    build: Callable = import_object(settings.step_builder)
-    step_obj = build(settings.config, device=device, rank=rank, world_size=world_size,
+    step_obj = settings.step_builder(settings.config, device=device, rank=rank, world_size=world_size,
                      total_steps=settings.total_steps, warmup_steps=settings.warmup_steps)
-    callbacks = [import_object(path) for path in settings.callbacks]
+    callbacks = settings.callbacks
 
     step, position = 0, DataPosition()
     checkpoint = ray.train.get_checkpoint()
@@ -306,15 +307,19 @@ class ProgressMonitor:
     def __init__(self):
         self.started = self.last_change = time.time()
         self.workers: dict[int, tuple[int, str, float]] = {}  # rank -> (step, phase, since)
+        self.error: tuple[str, str] | None = None  # (class name, message) of a deterministic worker error
 
     def beat(self, rank: int, step: int, phase: str) -> None:
         now = time.time()
         self.workers[rank] = (step, phase, now)
         self.last_change = now
 
+    def fatal(self, name: str, message: str) -> None:
+        self.error = self.error or (name, message)
+
     def snapshot(self) -> dict:
         return {"now": time.time(), "started": self.started, "last_change": self.last_change,
-                "workers": dict(self.workers)}
+                "workers": dict(self.workers), "error": self.error}
 
 
 def start_progress_monitor(name: str):
@@ -343,12 +348,10 @@ def _heartbeat(name: str | None, rank: int) -> Callable[[int, str], None]:
 
 def data_stage_names(dataset) -> str:
     """``ReadParquet → MapBatches(CropCachedSamples)``: the operators of a Ray Dataset, in order."""
+    from pipelines.io.ray_private import operator_names
+
     try:
-        names, op = [], dataset._logical_plan.dag
-        while op is not None:
-            names.append(op.name)
-            op = op.input_dependencies[0] if op.input_dependencies else None
-        return " → ".join(reversed(names))
+        return " → ".join(operator_names(dataset))
     except Exception:  # noqa: BLE001 - private API; the message stays useful without the names
         return "the Ray Data stages"
 

@@ -1,0 +1,1 @@
+"""Evaluation reports: the one per-checkpoint report (report.py) and what a stage reports beyond it."""
