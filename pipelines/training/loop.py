@@ -136,10 +136,9 @@ def _train(settings: LoopSettings) -> None:
     epoch, skip_batches, samples_seen = position.epoch, position.batches_in_epoch, position.samples_seen
     if step and not samples_seen:  # a checkpoint written before data positions were saved
         samples_seen = step * settings.global_batch_size
-    core_model = step_obj.model
     if world_size > 1:
-        step_obj.model = ray.train.torch.prepare_model(
-            core_model, parallel_strategy_kwargs={"find_unused_parameters": True})
+        step_obj.wrap_model(lambda model: ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": True}))
 
     tracker = Tracker("unused", run_id=settings.mlflow_run_id, enabled=rank == 0,
                       tracking_uri=settings.tracking_uri)
