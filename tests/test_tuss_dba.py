@@ -238,3 +238,18 @@ def test_sseg_embedder_pools_the_semantic_map_then_projects():
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="CLIP VLM"):
         MaskEmbedder.for_vlm(vlm, EmbedConfig(method="dba"))
+
+
+def test_sseg_affinity_analogue_mixes_only_within_masks():
+    torch.manual_seed(0)
+    vlm = SSegVLM(TINY_SSEG).eval()
+    image, masks = _image_and_masks(64, 64)
+    plain = MaskEmbedder.for_vlm(vlm, EmbedConfig(method="pooled")).dense_map(image, masks)  # [C, 16, 16]
+    mixed = MaskEmbedder.for_vlm(vlm, EmbedConfig(method="pooled_dba", dba_bias=float("-inf"))).dense_map(image, masks)
+    grid = masks_on_grid(masks, plain.shape[-2:])
+    x = plain.flatten(1).T  # [hw, C]
+    for m in range(3):
+        inside = grid[m].flatten()
+        xs = x[inside]
+        attn = (xs @ xs.T / math.sqrt(x.shape[1])).softmax(-1)
+        torch.testing.assert_close(mixed.flatten(1).T[inside], xs + attn @ xs, rtol=1e-4, atol=1e-5)

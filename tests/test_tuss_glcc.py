@@ -195,3 +195,32 @@ def test_propagation_alone_uses_a_zero_prior():
     g = knn_graph(train_x, 8)
     expected = inductive_scores(g, propagate(g, sup.proportions), test_x, None, 8, 8.0, 1.0)
     np.testing.assert_allclose(out.test_scores, expected, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- tuning
+
+
+def test_tuning_picks_from_the_grid_on_held_out_training_images():
+    from sseg.tuss.table import MaskTable
+    from sseg.tuss.tuning import holdout_flags, tune_glcc
+
+    x, labels = clusters(n_per=40, classes=3, spread=0.5, seed=4)
+    image_index = np.arange(len(x)) // 3
+    counts = np.eye(3, dtype=np.int64)[labels] * 10
+    table = MaskTable([f"i{i}" for i in range(image_index.max() + 1)], image_index, np.full(len(x), 10.0), x,
+                      counts, counts)
+    seen = []
+
+    def supervision_for(rows):
+        seen.append(rows.copy())
+        return Supervision("full", 3, proportions=table.proportions[rows])
+
+    cfg = GLCCConfig(order=("propagation",), propagation=PropagationConfig(k=5, k_bar=5))
+    out = tune_glcc(table, np.zeros((len(x), 3)), supervision_for, cfg, {"weight": [0.0, 1.0], "k": [3, 5]}, 3,
+                    holdout_fraction=0.25, seed=0)
+    assert len(out.trials) == 4 and {t["weight"] for t in out.trials} == {0.0, 1.0}
+    assert out.best.propagation.weight == 1.0  # weight 0 with no prior predicts class 0 everywhere
+    held = holdout_flags(len(table.image_ids), 0.25, 0)
+    assert held.sum() == 10 and np.array_equal(seen[0], ~held[image_index])
+    with pytest.raises(Exception, match="cannot tune lr"):
+        tune_glcc(table, np.zeros((len(x), 3)), supervision_for, cfg, {"lr": [1.0]}, 3)

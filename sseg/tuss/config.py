@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from sseg.config import StrictModel
 
-EmbedMethod = Literal["maskclip", "dba", "pooled"]
+EmbedMethod = Literal["maskclip", "dba", "pooled", "pooled_dba"]
 
 
 class EmbedConfig(StrictModel):
@@ -16,7 +16,9 @@ class EmbedConfig(StrictModel):
 
     ``method``: ``maskclip`` (CLIP, the baseline: MaskCLIP's value path averaged under the mask), ``dba``
     (CLIP, discrimination-bias aligned last block) or ``pooled`` (S-Seg: its semantic map averaged under
-    the mask, then its image projection — the mask-feature path its contrastive loss trained).
+    the mask, then its image projection — the mask-feature path its contrastive loss trained) or
+    ``pooled_dba`` (S-Seg with an affinity-restricted analogue of DBA on its semantic map, a named deviation:
+    ``x + softmax(x xᵀ/√C + B) x`` with DBA's mask-sharing bias ``B``).
     Geometry: the image is resized to ``short_side`` (None: kept), rounded to the token stride, and run
     whole or in ``window`` / ``stride`` sliding windows; ``gsw`` averages that with a global pass of the
     whole image at short side ``window`` (the paper's global + sliding window, 0.5 / 0.5).

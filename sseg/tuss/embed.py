@@ -6,7 +6,7 @@ head applied after pooling:
 * :class:`ClipDense` (``maskclip`` / ``dba``): CLIP's projected last-block output; the head is the identity.
 * :class:`SSegDense` (``pooled``): the S-Seg model's semantic pixel map (``semantic_proj`` of the FPN
   features); the head is its image projection — pool under the mask, then project, as its contrastive
-  loss was trained (``sseg.models.sseg_model``).
+  loss was trained (``sseg.models.sseg_model``); ``pooled_dba`` adds an affinity-restricted analogue of DBA.
 
 :class:`MaskEmbedder` runs a source over one image: resize (short side, rounded to the token stride), one
 whole-image pass or sliding windows, optionally averaged 0.5 / 0.5 with a global pass at short side
@@ -68,29 +68,40 @@ class ClipDense:
 
 
 class SSegDense:
-    """Our S-Seg model (:class:`sseg.semivl.vlm.SSegVLM`): semantic map, pooled, then the image projection."""
+    """Our S-Seg model (:class:`sseg.semivl.vlm.SSegVLM`): semantic map, pooled, then the image projection.
+
+    ``dba_bias`` (not None) adds the affinity-restricted analogue of DBA (a named deviation: a convnet has no
+    last attention block): ``x' = x + A x`` with ``A = softmax(x xᵀ/√C + B)`` over the semantic map's
+    positions, ``B`` the same mask-sharing bias as CLIP's DBA."""
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     stride, size_divisor = 4, 32
 
-    def __init__(self, vlm: nn.Module) -> None:
+    def __init__(self, vlm: nn.Module, dba_bias: float | None = None) -> None:
         model = getattr(vlm, "model", None)
         if model is None or not hasattr(model, "semantic_proj"):
-            raise ConfigError("embedding method pooled needs an S-Seg VLM whose model has a semantic map "
-                              "(mask_feature_source=pooled)")
-        self.model = model
+            raise ConfigError("embedding methods pooled and pooled_dba need an S-Seg VLM whose model has a "
+                              "semantic map (mask_feature_source=pooled)")
+        self.model, self.dba_bias = model, dba_bias
 
     def dense(self, images: Tensor, token_masks: Tensor) -> Tensor:
         mf = self.model.maskformer
-        return self.model.semantic_proj(mf.pixel_decoder(mf.backbone(images)).pixel_features)
+        semantic = self.model.semantic_proj(mf.pixel_decoder(mf.backbone(images)).pixel_features)
+        if self.dba_bias is None:
+            return semantic
+        b, c, h, w = semantic.shape
+        x = semantic.flatten(2).transpose(1, 2)  # [B, hw, C]
+        bias = token_share_bias(token_masks, self.dba_bias)[:, 1:, 1:]  # no class token here
+        attn = ((x @ x.transpose(1, 2)) / math.sqrt(c) + bias).softmax(dim=-1)
+        return (x + attn @ x).transpose(1, 2).reshape(b, c, h, w)
 
     def head(self, pooled: Tensor) -> Tensor:
         return self.model.image_projection(pooled)
 
 
 def dense_source(vlm: nn.Module, cfg: EmbedConfig) -> DenseSource:
-    if cfg.method == "pooled":
-        return SSegDense(vlm)
+    if cfg.method in ("pooled", "pooled_dba"):
+        return SSegDense(vlm, dba_bias=cfg.dba_bias if cfg.method == "pooled_dba" else None)
     return ClipDense(vlm, dba=cfg.method == "dba", dba_bias=cfg.dba_bias)
 
 

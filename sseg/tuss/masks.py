@@ -114,9 +114,9 @@ def ground_truth_regions(label: np.ndarray, ignore_index: int = 255, min_area: i
                                 min_area=min_area)
 
 
-def class_proportions(masks: Tensor, label: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """Per mask, the fraction of its pixels of each class ``[M, C]`` (ignored pixels count for no class, so a
-    row sums to the labelled fraction of the mask). A label outside the class list is a DataError."""
+def class_counts(masks: Tensor, label: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Per mask, its labelled pixels of each class ``[M, C]`` (int64). A label outside the class list is a
+    DataError."""
     label = torch.as_tensor(np.asarray(label).astype(np.int64))
     if tuple(label.shape) != tuple(masks.shape[-2:]):
         raise DataError(f"label map {tuple(label.shape)} does not match the masks {tuple(masks.shape[-2:])}")
@@ -124,7 +124,13 @@ def class_proportions(masks: Tensor, label: np.ndarray, num_classes: int, ignore
     bad = label[valid & ((label < 0) | (label >= num_classes))]
     if bad.numel():
         raise DataError(f"label {int(bad[0])} is outside the {num_classes} classes and is not the ignore index")
-    onehot = F.one_hot(torch.where(valid, label, 0), num_classes).float() * valid[..., None]
-    counts = masks.flatten(1).float() @ onehot.flatten(0, 1)  # [M, C]
-    areas = masks.flatten(1).float().sum(1, keepdim=True).clamp_min(1)
-    return (counts / areas).numpy()
+    onehot = F.one_hot(torch.where(valid, label, 0), num_classes).double() * valid[..., None]
+    return (masks.flatten(1).double() @ onehot.flatten(0, 1)).round().long().numpy()
+
+
+def class_proportions(masks: Tensor, label: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Per mask, the fraction of its pixels of each class ``[M, C]`` (ignored pixels count for no class, so a
+    row sums to the labelled fraction of the mask)."""
+    counts = class_counts(masks, label, num_classes, ignore_index)
+    areas = masks.flatten(1).sum(dim=1, keepdim=True).clamp_min(1).numpy()
+    return (counts / areas).astype(np.float32)
