@@ -366,6 +366,12 @@ class SelfTrainTrainConfig(RuntimeConfig):
     crop_size: int | None = Field(default=None, gt=7)  # None: model.image_size
     crop_scale: tuple[float, float] = (0.5, 1.0)
     hflip: bool = True
+    # "random_resized_crop" (crop_scale; the demo) or "mmseg": BEiT/MAE's UperNet pipeline (resize to
+    # resize_scale × a ratio in ratio_range, crop_size crop with cat_max_ratio, flip, photometric distortion)
+    augment: Literal["random_resized_crop", "mmseg"] = "random_resized_crop"
+    resize_scale: tuple[int, int] = (2048, 512)
+    ratio_range: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = Field(default=0.75, gt=0, le=1)
     # cross-entropy class weights from the pseudo-labels' kept pixel counts: "none" (the paper's plain
     # cross-entropy) or "inverse_sqrt" (w ∝ frequency^-1/2, pixel-weighted mean 1, cap 10), so the
     # teacher's rare, small classes are not drowned by the large ones
@@ -376,6 +382,13 @@ class SelfTrainTrainConfig(RuntimeConfig):
     @classmethod
     def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
         return check_crop_scale(value)
+
+    @field_validator("ratio_range")
+    @classmethod
+    def _ratio_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("ratio_range must satisfy 0 < low <= high")
+        return value
 
 
 class SelfTrainEvalConfig(StrictModel):

@@ -23,6 +23,9 @@ Background (``bg_mode``):
   (``background_index``, default 0) that the text classifier does not contain. GroupViT's
   thresholds per dataset (VOC, COCO-Object 0.95, Pascal Context 0.35) are in
   ``sseg.data.datasets.GROUPVIT_BG_THRESHOLDS``; ``jobs/evaluate.py`` uses them by default.
+  A closed-vocabulary model (S-Seg+) is not thresholded: it was trained with its own background (or
+  with the classes that play it), so the slot gets the summed probability of its trained classes that
+  were not asked for and the label is the argmax (:func:`with_model_background`).
 * ``"class"``: "background" is an ordinary text class (e.g. with SemiVL's background concepts).
 * ``"none"``: background is never predicted; a slot may still be reserved so label ids match a
   dataset with a background class (the "without background" protocol: evaluate with
@@ -238,6 +241,20 @@ def closed_vocabulary_classifier(model: nn.Module, classes: Any,
                           templates=())
 
 
+def with_model_background(classifier: TextClassifier) -> TextClassifier:
+    """A closed-vocabulary ``classifier`` (:func:`closed_vocabulary_classifier`) plus a last class
+    "background" whose score is the summed probability of every trained class that no requested class
+    maps to: the model's own background class (VOC's "background") and whatever else it knows but was not
+    asked for. The with-background label space {background, requested classes} then gets probabilities
+    that sum to 1, and the model decides background itself instead of GroupViT's threshold."""
+    unasked = (classifier.embeddings.sum(dim=0) <= 0).to(classifier.embeddings.dtype)
+    index = classifier.concept_to_class.new_tensor([classifier.num_classes])
+    return replace(classifier, class_names=[*classifier.class_names, "background"],
+                   concepts=[*classifier.concepts, "background"],
+                   embeddings=torch.cat([classifier.embeddings, unasked[None]]),
+                   concept_to_class=torch.cat([classifier.concept_to_class, index]))
+
+
 def normalise_scores(scores: Tensor, eps: float = 1e-12) -> Tensor:
     """Per-pixel scores ``[..., C, H, W]`` scaled to sum to 1 over C."""
     return scores / scores.sum(dim=-3, keepdim=True).clamp_min(eps)
@@ -307,8 +324,10 @@ def resize_maps(maps: Tensor, size: tuple[int, int], antialias: bool = False) ->
 class Prediction:
     labels: np.ndarray  # [H, W] uint8 (int16 beyond 255 classes), ids into Segmenter.class_names
     scores: Tensor | None  # [C_out, H, W] float32: normalised class probabilities; the
-    # background slot holds the threshold applied ("threshold") or 0 ("none")
-    bg_thresh: float | None = None  # "threshold" mode: the threshold applied, <= cfg.bg_thresh
+    # background slot holds the threshold applied ("threshold"), 0 ("none") or, for a closed-vocabulary
+    # model in "threshold" mode, the model's own background probability (Segmenter._own_background)
+    bg_thresh: float | None = None  # "threshold" mode: the threshold applied, <= cfg.bg_thresh (None when
+    # a closed-vocabulary model decides background itself)
 
 
 class Segmenter:
@@ -343,6 +362,10 @@ class Segmenter:
             self._slot = slot
             if slot is not None:
                 names.insert(slot, "background")
+        # a closed-vocabulary model (S-Seg+) decides background itself: its trained classes that were not
+        # asked for (its own background class among them) score the background slot, no threshold
+        self._own_background = mode == "threshold" and self._slot is not None and model.closed_vocabulary
+        self._scoring = with_model_background(self.classifier) if self._own_background else self.classifier
         self.class_names = names
         self.mean = torch.tensor(self.cfg.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.cfg.std, device=self.device).view(1, 3, 1, 1)
@@ -379,7 +402,7 @@ class Segmenter:
         divisor = self.cfg.size_divisor
         pad_h, pad_w = (-h) % divisor, (-w) % divisor
         padded = F.pad(windows, (0, pad_w, 0, pad_h)) if pad_h or pad_w else windows
-        return self.model.segment_scores(padded, self.classifier)[..., :h, :w].float()
+        return self.model.segment_scores(padded, self._scoring)[..., :h, :w].float()
 
     def _scores(self, image: Tensor) -> Tensor:
         """Raw scores ``[C_text, h, w]`` of one normalised image ``[1, 3, h, w]``."""
@@ -387,7 +410,7 @@ class Segmenter:
         if not self.cfg.sliding:
             return self._window_scores(image)[0]
         boxes = sliding_windows(height, width, self.cfg.window, self.cfg.stride)
-        total = image.new_zeros(self.classifier.num_classes, height, width)
+        total = image.new_zeros(self._scoring.num_classes, height, width)
         count = image.new_zeros(1, height, width)
         for start in range(0, len(boxes), self.cfg.batch_size):
             batch = boxes[start:start + self.cfg.batch_size]
@@ -426,6 +449,12 @@ class Segmenter:
         """Per-pixel text-class scores ``[C_text, H, W]`` at the input size: probabilities
         (summing to 1 per pixel), or with ``normalise=False`` the window-averaged MaskFormer
         scores Σ_q p_q(c)·σ(m_q)."""
+        scores = self._raw_scores(image)[:self.classifier.num_classes]
+        return normalise_scores(scores.clamp_min(0)) if normalise else scores
+
+    def _raw_scores(self, image: np.ndarray) -> Tensor:
+        """The scoring classifier's raw scores at the input size, averaged over the test-time views: the
+        text classes, then (closed vocabulary with background) the model's own background."""
         total, views = None, 0
         with eval_mode(self.model):
             for scale in self.cfg.scales:
@@ -435,15 +464,16 @@ class Segmenter:
                     scores = resize_maps((scores.flip(-1) if flipped else scores).unsqueeze(0), image.shape[:2])[0]
                     total = scores if total is None else total + scores
                     views += 1
-        scores = total / views if views > 1 else total
-        return normalise_scores(scores.clamp_min(0)) if normalise else scores
+        return total / views if views > 1 else total
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, return_scores: bool = True) -> Prediction:
-        raw = self.score_map(image, normalise=False).clamp_min_(0)
-        label = raw.max(dim=0).indices
+        raw = self._raw_scores(image).clamp_min_(0)
         threshold = None
-        if self._slot is not None:
+        if self._own_background:  # the model's background probability goes to its slot; plain argmax
+            raw = torch.cat([raw[:self._slot], raw[-1:], raw[self._slot:-1]])
+        label = raw.max(dim=0).indices
+        if self._slot is not None and not self._own_background:
             label = label + (label >= self._slot).to(label.dtype)
             if self.cfg.bg_mode == "threshold":
                 is_background, threshold = threshold_background(raw, self.cfg.bg_thresh,
@@ -455,7 +485,7 @@ class Segmenter:
         if return_scores:
             probs = normalise_scores(raw)
             scores = probs
-            if self._slot is not None:
+            if self._slot is not None and not self._own_background:
                 fill = threshold if threshold is not None else 0.0
                 background = probs.new_full((1, *probs.shape[1:]), fill)
                 scores = torch.cat([probs[:self._slot], background, probs[self._slot:]])

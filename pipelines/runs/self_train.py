@@ -105,13 +105,11 @@ def run_self_train(cfg: SelfTrainConfig, resume: str | None = None, callbacks=()
         deviations.append(f"pseudo-labels with test-time augmentation (flip={segment.get('flip')}, "
                           f"scales={list(segment.get('scales', [1.0]))})")
     if cfg.train.augment != "mmseg":
-        deviations.append("random resized crops (the paper's UperNet: mmseg's resize 0.5-2.0 + crop + photometric "
-                          "distortion, train.augment=mmseg)")
+        deviations.append("random resized crops, not mmseg's resize/crop/photometric pipeline (train.augment)")
     if not cfg.model.aux_head:
-        deviations.append("no auxiliary FCN head (BEiT/MAE's UperNet: weight 0.4, model.aux_head=true)")
+        deviations.append("no auxiliary FCN head (BEiT/MAE's UperNet: weight 0.4; model.aux_head)")
     if cfg.pseudo_labels.confidence_threshold > 0:
-        deviations.append(f"pseudo-label pixels below confidence {cfg.pseudo_labels.confidence_threshold} ignored "
-                          "(the paper names no threshold: every pixel)")
+        deviations.append(f"pseudo-labels under confidence {cfg.pseudo_labels.confidence_threshold} ignored (paper: 0)")
     if deviations:
         tags["sseg.deviation"] = "; ".join(deviations)
     with trainer.open_run(run, cfg, parent_run_id=parent.run_id, tags=tags) as tracker:

@@ -38,6 +38,35 @@ def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
+def label_confidence(prediction, background_index: int | None) -> torch.Tensor:
+    """How sure the teacher is of each pixel's pseudo-label, ``[H, W]`` in [0, 1].
+
+    A foreground pixel's confidence is its class probability ``p`` (the largest of the C foreground
+    probabilities). Under GroupViT's rule (``prediction.bg_thresh`` = the threshold ``t`` applied) the
+    background has no probability of its own and its slot holds ``t``; a background pixel (``p < t``)
+    gets the same scale as the foreground side instead: ``t`` at the decision boundary rising linearly to
+    1 at ``p = 1/C`` (every foreground class equally likely, the strongest background evidence the rule
+    can see), just as a foreground pixel's rises from ``t`` at the boundary to 1 at ``p = 1``. A
+    confidence threshold above ``t`` thus drops the same share of each side's margin, and one at or below
+    ``t`` keeps every pixel. Without a threshold rule (no background, or a closed-vocabulary teacher
+    with its own background probability) the confidence is the predicted class's probability."""
+    scores = prediction.scores
+    confidence = scores.max(dim=0).values
+    threshold = prediction.bg_thresh
+    if threshold is None or background_index is None:
+        return confidence
+    foreground = torch.cat([scores[:background_index], scores[background_index + 1:]])
+    best = foreground.max(dim=0).values
+    uniform = 1.0 / foreground.shape[0]
+    is_background = torch.as_tensor(np.asarray(prediction.labels) == background_index)
+    if threshold > uniform:
+        margin = ((threshold - best) / (threshold - uniform)).clamp(0, 1)
+        background = threshold + (1.0 - threshold) * margin
+    else:  # no pixel can fall below the threshold: only all-zero pixels are background
+        background = torch.ones_like(best)
+    return torch.where(is_background, background, best)
+
+
 class LabelChunk:
     """Actor: a chunk row {"chunk", "start", "stop"} → one cache row per image of the chunk."""
 
@@ -58,10 +87,10 @@ class LabelChunk:
         self.cache_key = cache_key
 
     def label(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(label ids uint8, confidence uint8 = round(255 × the predicted class's normalised probability))."""
+        """(label ids uint8, confidence uint8 = round(255 × :func:`label_confidence`))."""
         prediction = self.segmenter.predict(image, return_scores=True)
-        confidence = prediction.scores.max(dim=0).values.clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-        return prediction.labels.astype(np.uint8), confidence
+        confidence = label_confidence(prediction, self.segmenter.background_index)
+        return prediction.labels.astype(np.uint8), confidence.clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
 
     def __call__(self, batch: dict) -> dict:
         rows: dict[str, list] = defaultdict(list)

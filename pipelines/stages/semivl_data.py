@@ -39,10 +39,12 @@ def resolve_paths(reader, ids: Sequence[str], labeled: bool = True) -> tuple[lis
 
 
 def weak_views(batch: dict, crop: int, scale: tuple[float, float], num_classes: int,
-               seed: int | None = None) -> dict:
+               seed: int | None = None, label_transform=None) -> dict:
     """Ray Data map: paths → uint8 weak views (``image_l``, ``label_l``, ``image_u``, ``ignore_u``).
     Fresh views on every pass (an epoch sees new views). With a seed, the views of a row come from
-    (seed, row index, epoch), so a rerun with the same seed sees the same views; None: random."""
+    (seed, row index, epoch), so a rerun with the same seed sees the same views; None: random.
+    ``label_transform``: the dataset reader's map from the label files' ids to class ids (Cityscapes'
+    labelIds → train ids, ADE20K's reduce-zero-label), applied before out-of-range ids become ignore."""
     from sseg.data.readers.base import clean_label, read_image, read_label
     from sseg.semivl.augment import weak_view
 
@@ -51,7 +53,8 @@ def weak_views(batch: dict, crop: int, scale: tuple[float, float], num_classes: 
     out = {"image_l": [], "label_l": [], "image_u": [], "ignore_u": []}
     for row, lpath, mpath, upath in zip(batch["row"], batch["image_l"], batch["label_l"], batch["image_u"]):
         rng = free_rng if seed is None else np.random.default_rng([int(row), epoch, seed])
-        label = clean_label(read_label(Path(mpath)), num_classes)
+        label = read_label(Path(mpath))
+        label = clean_label(label_transform(label) if label_transform is not None else label, num_classes)
         img, lab = weak_view(read_image(Path(lpath)), label, crop, rng, scale)
         out["image_l"].append(img)
         out["label_l"].append(lab)
@@ -74,11 +77,13 @@ def pair_rows(labeled: tuple[list[str], list[str]], unlabeled: list[str], seed: 
 
 def semivl_dataset(labeled: tuple[list[str], list[str]], unlabeled: list[str], *, crop: int,
                    scale: tuple[float, float], num_classes: int, seed: int,
-                   deterministic: bool = True) -> ray.data.Dataset:
+                   deterministic: bool = True, label_transform=None) -> ray.data.Dataset:
     """``labeled`` = (image paths, label paths); ``unlabeled`` = image paths. ``deterministic``: every
-    view follows from ``seed`` (the trainer must also preserve the row order: LoopSettings.data_seed)."""
+    view follows from ``seed`` (the trainer must also preserve the row order: LoopSettings.data_seed).
+    ``label_transform``: the reader's (a module-level function: it travels to the Ray Data workers)."""
     rows = pair_rows(labeled, unlabeled, seed)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(8, len(rows) // 64)))
     return ds.map_batches(weak_views, fn_kwargs=dict(crop=crop, scale=tuple(scale), num_classes=num_classes,
-                                                     seed=seed if deterministic else None),
+                                                     seed=seed if deterministic else None,
+                                                     label_transform=label_transform),
                           batch_size=64, batch_format="numpy")

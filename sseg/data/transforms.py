@@ -1,4 +1,5 @@
-"""Image (+ mask) transforms on uint8 numpy arrays: random resized crop, resize, normalisation."""
+"""Image (+ mask) transforms on uint8 numpy arrays: random resized crop, resize, normalisation, mmseg's
+segmentation training pipeline (resize ratio, crop with cat_max_ratio, flip, photometric distortion, pad)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,101 @@ def to_normalized_tensor(images: np.ndarray | torch.Tensor, mean=IMAGENET_MEAN, 
     mean_t = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
+
+
+# ----------------------------------------------------------------------------- mmseg's training pipeline
+# BEiT/MAE's UperNet (mmseg's ADE20K/VOC pipelines): Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0)),
+# RandomCrop(512, cat_max_ratio=0.75), RandomFlip(0.5), PhotoMetricDistortion, Normalize, Pad(512).
+
+
+def mmseg_resize(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+                 scale: tuple[int, int] = (2048, 512),
+                 ratio_range: tuple[float, float] = (0.5, 2.0)) -> tuple[np.ndarray, np.ndarray]:
+    """mmseg's ``Resize(img_scale=scale, ratio_range=ratio_range, keep_ratio=True)``: a ratio drawn
+    uniformly, the scale ``int(scale × ratio)``, then the largest size whose long side fits the long edge
+    and short side the short edge (mmcv's ``imrescale``); bilinear image, nearest labels."""
+    ratio = rng.uniform(*ratio_range)
+    edges = (int(scale[0] * ratio), int(scale[1] * ratio))
+    h, w = image.shape[:2]
+    factor = min(max(edges) / max(h, w), min(edges) / min(h, w))
+    size = (max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5)))
+    return resize_image(image, size), resize_labels(labels, size)
+
+
+def random_crop_box(height: int, width: int, crop: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of a crop×crop box at a uniform offset (the whole side where it is shorter)."""
+    y0 = int(rng.integers(0, max(height - crop, 0) + 1))
+    x0 = int(rng.integers(0, max(width - crop, 0) + 1))
+    return y0, min(y0 + crop, height), x0, min(x0 + crop, width)
+
+
+def random_crop_cat_max(image: np.ndarray, labels: np.ndarray, crop: int, rng: np.random.Generator,
+                        cat_max_ratio: float = 0.75,
+                        ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """mmseg's ``RandomCrop(crop, cat_max_ratio)``: up to 10 redraws until the crop holds more than one
+    class and no class covers ``cat_max_ratio`` or more of its labelled pixels (the last draw is kept)."""
+    box = random_crop_box(*labels.shape[:2], crop, rng)
+    if cat_max_ratio < 1.0:
+        for _ in range(10):
+            y0, y1, x0, x1 = box
+            values, counts = np.unique(labels[y0:y1, x0:x1], return_counts=True)
+            counts = counts[values != ignore_index]
+            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+                break
+            box = random_crop_box(*labels.shape[:2], crop, rng)
+    y0, y1, x0, x1 = box
+    return image[y0:y1, x0:x1], labels[y0:y1, x0:x1]
+
+
+def _convert(image: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    return np.clip(image.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def photometric_distortion(image: np.ndarray, rng: np.random.Generator, brightness_delta: int = 32,
+                           contrast_range: tuple[float, float] = (0.5, 1.5),
+                           saturation_range: tuple[float, float] = (0.5, 1.5), hue_delta: int = 18) -> np.ndarray:
+    """mmseg's ``PhotoMetricDistortion``, each step with probability 1/2: brightness ± 32, contrast
+    × [0.5, 1.5] (before or after the colour steps, at random), saturation × [0.5, 1.5], hue ± 18 (in
+    OpenCV's 180-step hue; here on PIL's 8-bit HSV, 256 steps, so ± 18 × 256/180)."""
+    image = _convert(image, beta=rng.uniform(-brightness_delta, brightness_delta)) if rng.integers(2) else image
+    contrast_last = rng.integers(2) == 0
+
+    def contrast(img: np.ndarray) -> np.ndarray:
+        return _convert(img, alpha=rng.uniform(*contrast_range)) if rng.integers(2) else img
+
+    if not contrast_last:
+        image = contrast(image)
+    if rng.integers(2):  # saturation
+        hsv = np.asarray(Image.fromarray(image).convert("HSV")).copy()
+        hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*saturation_range))
+        image = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    if rng.integers(2):  # hue
+        hsv = np.asarray(Image.fromarray(image).convert("HSV")).copy()
+        shift = round(int(rng.integers(-hue_delta, hue_delta)) * 256 / 180)
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + shift) % 256).astype(np.uint8)
+        image = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    if contrast_last:
+        image = contrast(image)
+    return np.ascontiguousarray(image)
+
+
+def mmseg_train_view(image: np.ndarray, labels: np.ndarray, crop: int, rng: np.random.Generator, *,
+                     scale: tuple[int, int] = (2048, 512), ratio_range: tuple[float, float] = (0.5, 2.0),
+                     cat_max_ratio: float = 0.75, hflip: bool = True, photometric: bool = True,
+                     ignore_index: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """One training view as mmseg's pipeline makes it: resize, crop, flip, photometric distortion, pad to
+    crop×crop (image with the ImageNet mean colour, so it normalises to 0 like mmseg's post-Normalize
+    zero padding; labels with ``ignore_index``). uint8 [crop, crop, 3] and [crop, crop]."""
+    image, labels = mmseg_resize(image, labels, rng, scale, ratio_range)
+    image, labels = random_crop_cat_max(image, labels, crop, rng, cat_max_ratio, ignore_index)
+    if hflip and rng.random() < 0.5:
+        image, labels = image[:, ::-1], labels[:, ::-1]
+    if photometric:
+        image = photometric_distortion(np.ascontiguousarray(image), rng)
+    h, w = labels.shape
+    out_image = np.empty((crop, crop, 3), np.uint8)
+    out_image[:] = np.round(np.asarray(IMAGENET_MEAN) * 255).astype(np.uint8)
+    out_labels = np.full((crop, crop), ignore_index, np.uint8)
+    out_image[:h, :w] = image
+    out_labels[:h, :w] = labels
+    return out_image, out_labels
