@@ -47,6 +47,7 @@ class Context:
     deadline: float  # time.perf_counter() value after which no new measurement starts
     tmp: Path
     max_batch: int | None = None  # caps every batch size (e.g. a CPU check of the full-size models)
+    quick: bool = False  # one warm-up and one timed call per measurement (--smoke, --check)
     shared: dict = field(default_factory=dict)  # results one row leaves for a later one
 
     @property
@@ -103,8 +104,8 @@ class Context:
                       min_seconds: float | None = None, max_calls: int = 50) -> tuple[float, int]:
         """Seconds per call of ``fn`` after warm-up (synchronised), and the number of timed calls:
         at least 2 (1 in smoke), then on until ``min_seconds`` have passed or ``max_calls``."""
-        warmup = (1 if self.smoke else 2) if warmup is None else warmup
-        min_seconds = (0.0 if self.smoke else 2.0) if min_seconds is None else min_seconds
+        warmup = (1 if self.quick else 2) if warmup is None else min(warmup, 1) if self.quick else warmup
+        min_seconds = 0.0 if self.quick else 2.0 if min_seconds is None else min_seconds
         for _ in range(warmup):
             fn()
         self.sync()
@@ -114,7 +115,7 @@ class Context:
             self.sync()
             calls += 1
             elapsed = time.perf_counter() - started
-            if calls >= max_calls or (calls >= (1 if self.smoke else 2) and elapsed >= min_seconds):
+            if calls >= max_calls or (calls >= (1 if self.quick else 2) and elapsed >= min_seconds):
                 return elapsed / calls, calls
 
     def attempt(self, name: str, batch: int | None, image_size, measure: Callable[[], dict]) -> dict:
@@ -241,7 +242,8 @@ def run(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="sseg-bench-gpu-"))
     # bf16 on CPU is emulated (slower) on most CPUs: CPU runs measure fp32
     ctx = Context(device=device, smoke=args.smoke, bf16=not args.fp32 and device.type == "cuda",
-                  deadline=started + args.budget_s, tmp=tmp, max_batch=args.max_batch)
+                  deadline=started + args.budget_s, tmp=tmp, max_batch=args.max_batch,
+                  quick=args.smoke or args.check)
     report = {"date": dt.date.today().isoformat(), "started": dt.datetime.now().isoformat(timespec="seconds"),
               "device_name": ctx.device_name(), "device": str(device), "torch": torch.__version__,
               "cuda": torch.version.cuda, "python": platform.python_version(), "git_commit": git_commit(),
@@ -286,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto: cuda when available (cpu with --smoke)")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--max-batch", type=int, default=None, help="cap every batch size (CPU checks)")
+    parser.add_argument("--check", action="store_true",
+                        help="one warm-up + one timed call per row: do the full-size rows run at all? "
+                             "(e.g. on CPU with --device cpu --max-batch 2)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default min(4, cores))")
     parser.add_argument("--only", nargs="*", help="row groups to run (names as in the table)")
     parser.add_argument("--skip", nargs="*", help="row groups to leave out")
