@@ -57,3 +57,32 @@ PSEUDO_LABEL_SCHEMA = pa.schema(
     ],
     metadata={b"sseg.schema": b"pseudo_labels", b"sseg.schema_version": SCHEMA_VERSION.encode()},
 )
+
+# One row per image of the TUSS mask-embedding cache (pipelines/io/tuss_cache.py): written by the embedding
+# stage (pipelines/stages/tuss_embed.py), read by the classification (pipelines/evaluation/tuss.py). One Parquet
+# file per chunk of a split's images; the cache is keyed by the VLM's digest, the mask source and its settings,
+# the embedding method and its settings, the dataset and split (its manifest).
+TUSS_MASK_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("index", pa.int32(), nullable=False),  # position in the split's image list
+        pa.field("chunk", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        # "ok", or why the image has no masks (sseg.tuss.masks.SKIP_REASONS); a skipped image has 0 masks
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("dropped_masks", pa.int32(), nullable=False),  # empty / too small masks left out
+        pa.field("num_masks", pa.int32(), nullable=False),
+        # The masks as segment ids (16-bit PNG, height×width; 65535 = no mask); empty when skipped.
+        pa.field("segments_png", pa.binary(), nullable=False),
+        pa.field("area", pa.list_(pa.int64()), nullable=False),  # [num_masks] pixels
+        pa.field("embed_dim", pa.int32(), nullable=False),
+        pa.field("embeddings", pa.list_(pa.float32()), nullable=False),  # [num_masks × embed_dim], row-major
+        # Ground truth per mask (row-major [num_masks × classes]; empty for a split without labels): labelled
+        # pixels of each class inside the mask, and the pixels the mask paints (sseg/tuss/table.py).
+        pa.field("gt_counts", pa.list_(pa.int64()), nullable=False),
+        pa.field("owned_counts", pa.list_(pa.int64()), nullable=False),
+        pa.field("cache_key", pa.string(), nullable=False),
+    ],
+    metadata={b"sseg.schema": b"tuss_masks", b"sseg.schema_version": SCHEMA_VERSION.encode()},
+)

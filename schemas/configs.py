@@ -431,3 +431,116 @@ class SelfTrainConfig(StrictModel):
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig(experiment="sseg-self-train")
+
+
+# ----------------------------------------------------------------------------- TUSS (jobs/tuss.py)
+
+from sseg.tuss.config import EmbedConfig, GLCCConfig  # noqa: E402
+
+
+class TussDataConfig(StrictModel):
+    """Masks of ``train_split`` build the classifier, masks of ``val_split`` are classified and scored."""
+
+    dataset: Literal["voc", "context", "coco_object", "ade20k", "cityscapes", "world"] = "world"
+    root: str = "data/world_semivl/voc"
+    train_split: str = "train"
+    val_split: str = "val"
+    concepts: str | None = "world"  # class definitions: a built-in (voc, cityscapes, world) or a file; None: names
+    templates: str | list[str] = "clip7"  # prompt templates of the text tower (the paper: CLIP's 80)
+    max_train_images: int | None = Field(default=None, gt=0)
+    max_val_images: int | None = Field(default=None, gt=0)
+    chunk_size: int = Field(default=100, gt=0)  # images per cache file (the unit of resuming)
+
+
+class TussMasksConfig(StrictModel):
+    """Where the class-agnostic masks come from (``source``):
+
+    ``generator``: our pseudo-mask generator (pixel K-Means or DINO, ``generator``), its segments split into
+    connected components; ``sseg``: an S-Seg model's own masks (``checkpoint``; None: the VLM, which must then
+    be S-Seg); ``files``: one PNG of segment ids per image, ``files_dir/<image key>.png`` (how SAM masks come
+    in; ``no_mask_value`` marks uncovered pixels); ``ground_truth``: each connected region of each class (a
+    diagnostic ceiling). Masks under ``min_area`` pixels are dropped and counted."""
+
+    source: Literal["generator", "sseg", "files", "ground_truth"] = "generator"
+    generator: PseudoMaskConfig = PseudoMaskConfig(pixel_stride=1)
+    split_components: bool = True
+    checkpoint: str | None = None
+    files_dir: str | None = None
+    no_mask_value: int | None = None
+    min_area: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TussMasksConfig":
+        if self.source == "files" and not self.files_dir:
+            raise ValueError("masks.source=files needs masks.files_dir (one PNG of segment ids per image)")
+        return self
+
+
+class TussSupervisionConfig(StrictModel):
+    """``full``: every training image's labels; ``semi``: ``num_labeled`` labelled images (UniMatch split files
+    in ``split_dir``, or SemiVL's seeded random split), zero-shot scores for the rest; ``weak``: image-level
+    labels (``image_labels``: the classes the captions mention, noise included, or the ground truth's);
+    ``open_vocabulary``: the zero-shot argmax, nothing trained. ``noise_rate`` corrupts that share of the full
+    supervision's mask labels, uniformly or along the zero-shot confusion matrix (``noise``)."""
+
+    kind: Literal["full", "semi", "weak", "open_vocabulary"] = "weak"
+    image_labels: Literal["captions", "ground_truth"] = "captions"
+    captions_file: str | None = None  # JSON {image key: caption} for datasets other than the world
+    split_dir: str | None = None
+    num_labeled: int = Field(default=100, gt=0)
+    split_seed: int = 0
+    noise_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    noise: Literal["uniform", "confusion"] = "uniform"
+    noise_seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "TussSupervisionConfig":
+        if self.noise_rate > 0 and self.kind != "full":
+            raise ValueError("supervision.noise_rate corrupts mask labels: it needs supervision.kind=full")
+        return self
+
+
+class TussClassifierConfig(StrictModel):
+    """GLCC and how its hyperparameters are chosen: on ``holdout_fraction`` of the *training* images (their
+    labels used for this choice only), over ``grid``; ``tune=false`` keeps ``glcc`` as given."""
+
+    glcc: GLCCConfig = GLCCConfig()
+    tune: bool = True
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    grid: dict[str, list[float]] = Field(default_factory=lambda: {"alpha": [0.5, 0.9, 0.99], "k": [10, 25, 50],
+                                                                 "weight": [0.5, 1.0, 4.0]})
+    zero_shot_scale: float | None = Field(default=None, gt=0)  # None: the VLM's own (CLIP: 100)
+    seed: int = 0
+
+
+class TussConfig(StrictModel):
+    """Tuning-free mask classification (TUSS). Defaults = the world with our S-Seg run: pixel K-Means masks,
+    weak supervision from captions, GLCC; configs/tuss_voc.yaml = the paper's settings."""
+
+    world: WorldConfig | None = Field(default_factory=_semivl_world)
+    world_dir: str = "data/world_semivl"
+    vlm: SemiVLVLMConfig = SemiVLVLMConfig()
+    data: TussDataConfig = TussDataConfig()
+    masks: TussMasksConfig = TussMasksConfig()
+    embed: EmbedConfig = EmbedConfig()
+    supervision: TussSupervisionConfig = TussSupervisionConfig()
+    classifier: TussClassifierConfig = TussClassifierConfig()
+    pool: ActorPoolConfig = ActorPoolConfig(batch_size=1)
+    threads: int = Field(default=2, gt=0)  # torch threads per embedding actor and in the driver
+    cache_dir: str = "data/tuss"
+    pictures: int = Field(default=8, ge=0)
+    storage_path: str = "runs"
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig(experiment="sseg-tuss")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TussConfig":
+        sseg_methods = ("pooled", "pooled_dba")
+        if (self.vlm.kind == "sseg") != (self.embed.method in sseg_methods):
+            raise ValueError(f"embed.method={self.embed.method} does not fit vlm.kind={self.vlm.kind} (S-Seg: "
+                             f"{', '.join(sseg_methods)}; CLIP: maskclip, dba)")
+        if self.vlm.kind == "clip" and not self.vlm.checkpoint:
+            raise ValueError("vlm.kind=clip needs vlm.checkpoint (a local CLIP weights file; nothing is downloaded)")
+        if self.masks.source == "sseg" and self.vlm.kind == "clip" and not self.masks.checkpoint:
+            raise ValueError("masks.source=sseg with a CLIP VLM needs masks.checkpoint (an S-Seg run)")
+        return self

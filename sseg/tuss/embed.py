@@ -132,7 +132,7 @@ class MaskEmbedder:
         return cls(dense_source(vlm, cfg), cfg, device, module=vlm)
 
     def _normalise(self, image: np.ndarray | Tensor, size: tuple[int, int]) -> Tensor:
-        x = torch.as_tensor(np.asarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.as_tensor(np.array(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         mean = torch.tensor(self.source.mean, device=self.device).view(1, 3, 1, 1)

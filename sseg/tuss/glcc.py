@@ -23,7 +23,7 @@ import numpy as np
 from sseg.errors import DataError
 from sseg.tuss.config import GLCCConfig
 from sseg.tuss.probe import train_probe
-from sseg.tuss.propagation import KnnGraph, inductive_scores, knn_graph, propagate
+from sseg.tuss.propagation import KnnGraph, inductive_votes, knn_graph, propagate
 from sseg.tuss.supervision import Supervision
 
 
@@ -38,6 +38,10 @@ class GLCCResult:
     labels_before: np.ndarray  # [N, C] the training soft labels GLCC started from
     labels_after: np.ndarray  # [N, C] the training soft labels after the last step
     seconds: dict[str, float] = field(default_factory=dict)  # time per kind of step, graph included
+    # when the last step is a propagation: test_scores = last_prior + weight · last_votes (what tuning the
+    # weight needs; the training labels never depend on it)
+    last_prior: np.ndarray | None = None
+    last_votes: np.ndarray | None = None
 
 
 def run_glcc(train_x: np.ndarray, train_area: np.ndarray, supervision: Supervision, initial_scores: np.ndarray,
@@ -50,6 +54,7 @@ def run_glcc(train_x: np.ndarray, train_area: np.ndarray, supervision: Supervisi
     y = supervision.fill(initial_scores)
     before = y.copy()
     test_scores: np.ndarray | None = None
+    prior = votes = None
     prop = cfg.propagation
     for step in cfg.order:
         start = time.perf_counter()
@@ -57,14 +62,17 @@ def run_glcc(train_x: np.ndarray, train_area: np.ndarray, supervision: Supervisi
             probe = train_probe(train_x, y, train_area, cfg.probe)
             test_scores = probe.scores(test_x)
             train_scores = probe.scores(train_x)
+            prior = votes = None
         else:
             if graph is None:
                 graph = knn_graph(train_x, prop.k, prop.gamma)
                 seconds["graph"] += time.perf_counter() - start
                 start = time.perf_counter()
             y_star = propagate(graph, y, prop.alpha, prop.tol, prop.max_iter)
-            test_scores = inductive_scores(graph, y_star, test_x, test_scores, prop.k, prop.k_bar, prop.weight)
+            votes = inductive_votes(graph, y_star, test_x, prop.k, prop.k_bar)
+            prior = np.zeros_like(votes) if test_scores is None else test_scores
+            test_scores = prior + prop.weight * votes
             train_scores = normalise_rows(y_star)
         y = supervision.fill(train_scores)
         seconds[step] += time.perf_counter() - start
-    return GLCCResult(test_scores, before, y, seconds)
+    return GLCCResult(test_scores, before, y, seconds, prior, votes)

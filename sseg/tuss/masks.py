@@ -35,9 +35,10 @@ class MaskSkip(DataError):
         self.reason = reason
 
 
-def drop_empty(masks: Tensor) -> tuple[Tensor, int]:
-    """The masks with at least one pixel, and how many were dropped. No mask left is a ``no_masks`` skip."""
-    keep = masks.flatten(1).any(dim=1)
+def drop_empty(masks: Tensor, min_area: int = 1) -> tuple[Tensor, int]:
+    """The masks with at least ``min_area`` pixels, and how many were dropped. No mask left is a ``no_masks``
+    skip."""
+    keep = masks.flatten(1).sum(dim=1) >= min_area
     kept = masks[keep]
     if kept.shape[0] == 0:
         raise MaskSkip("no_masks", "the image has no non-empty mask")

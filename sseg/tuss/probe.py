@@ -21,7 +21,7 @@ class CosineProbe:
     scale: float
 
     def logits(self, x: np.ndarray | Tensor) -> Tensor:
-        x = F.normalize(torch.as_tensor(np.asarray(x), dtype=torch.float32), dim=-1)
+        x = F.normalize(torch.tensor(np.asarray(x), dtype=torch.float32), dim=-1)
         return self.scale * x @ F.normalize(self.weight, dim=-1).T
 
     def scores(self, x: np.ndarray | Tensor) -> np.ndarray:

@@ -21,6 +21,9 @@ from sseg.errors import DataError
 
 
 def _faiss():
+    import logging
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing, every import
     try:
         import faiss
     except ImportError:  # pragma: no cover - a declared dependency
@@ -123,15 +126,19 @@ def propagate(graph: KnnGraph, y: np.ndarray, alpha: float = 0.9, tol: float = 1
     return np.clip(solution, 0.0, None).astype(np.float32)
 
 
+def inductive_votes(graph: KnnGraph, y_star: np.ndarray, queries: np.ndarray, k: int,
+                    k_bar: float = 50.0) -> np.ndarray:
+    """The degree-normalised votes ``[M, C]`` of new masks' ``k`` nearest training masks' propagated labels."""
+    a, idx = graph.search(queries, k)
+    l1 = a.sum(axis=1, keepdims=True)
+    norm = np.sqrt(0.5 * (k_bar / a.shape[1]) * graph.degree[idx] * l1)
+    coeff = np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
+    return np.einsum("mk,mkc->mc", coeff, np.asarray(y_star, dtype=np.float32)[idx])
+
+
 def inductive_scores(graph: KnnGraph, y_star: np.ndarray, queries: np.ndarray, prior: np.ndarray | None,
                      k: int, k_bar: float = 50.0, weight: float = 1.0) -> np.ndarray:
-    """Scores ``[M, C]`` of new masks: the prior plus the degree-normalised votes of their ``k`` nearest
-    training masks' propagated labels (``prior=None``: zeros)."""
-    a, idx = graph.search(queries, k)
-    k_used = a.shape[1]
-    l1 = a.sum(axis=1, keepdims=True)
-    norm = np.sqrt(0.5 * (k_bar / k_used) * graph.degree[idx] * l1)
-    coeff = np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
-    votes = np.einsum("mk,mkc->mc", coeff, np.asarray(y_star, dtype=np.float32)[idx])
+    """Scores ``[M, C]`` of new masks: the prior plus ``weight`` × :func:`inductive_votes` (``prior=None``: zeros)."""
+    votes = inductive_votes(graph, y_star, queries, k, k_bar)
     base = np.zeros_like(votes) if prior is None else np.asarray(prior, dtype=np.float32)
     return base + weight * votes

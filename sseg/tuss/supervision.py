@@ -29,8 +29,8 @@ SupervisionKind = Literal["full", "semi", "weak", "open_vocabulary"]
 def zero_shot_scores(embeddings: np.ndarray | torch.Tensor, text_embeddings: np.ndarray | torch.Tensor,
                      concept_to_class: Sequence[int] | None = None, scale: float = 100.0) -> np.ndarray:
     """``softmax(scale · cos(mask, concept))`` over concepts, each class the maximum over its concepts → ``[N, C]``."""
-    x = F.normalize(torch.as_tensor(np.asarray(embeddings), dtype=torch.float32), dim=-1)
-    t = F.normalize(torch.as_tensor(np.asarray(text_embeddings), dtype=torch.float32), dim=-1)
+    x = F.normalize(torch.tensor(np.asarray(embeddings), dtype=torch.float32), dim=-1)
+    t = F.normalize(torch.tensor(np.asarray(text_embeddings), dtype=torch.float32), dim=-1)
     if x.shape[-1] != t.shape[-1]:
         raise DataError(f"mask embeddings have {x.shape[-1]} dims, the text embeddings {t.shape[-1]}")
     probs = (scale * x @ t.T).softmax(dim=-1)

@@ -97,20 +97,24 @@ def concat(tables: list[MaskTable]) -> MaskTable:
         gt_counts=column("gt_counts"), owned_counts=column("owned_counts"))
 
 
-def pixel_confusion(table: MaskTable, predicted: np.ndarray, num_classes: int) -> ConfusionMatrix:
-    """The pixel confusion matrix (rows truth, columns prediction) of painting each mask with its class."""
+def pixel_confusion(table: MaskTable, predicted: np.ndarray, num_classes: int,
+                    rows: np.ndarray | None = None) -> ConfusionMatrix:
+    """The pixel confusion matrix (rows truth, columns prediction) of painting each mask with its class
+    (``rows``: only these masks' pixels count, e.g. the masks a pseudo-label covers)."""
     if table.owned_counts is None:
         raise DataError("this split has no ground truth to score against")
     predicted = np.asarray(predicted, dtype=np.int64)
     if predicted.shape != (len(table),) or predicted.min(initial=0) < 0 or predicted.max(initial=0) >= num_classes:
         raise DataError(f"predictions must be {len(table)} class ids in [0, {num_classes})")
-    onehot = np.eye(num_classes, dtype=np.int64)[predicted]
-    return ConfusionMatrix.from_matrix(table.owned_counts.T @ onehot)
+    keep = np.ones(len(table), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    onehot = np.eye(num_classes, dtype=np.int64)[predicted[keep]]
+    return ConfusionMatrix.from_matrix(table.owned_counts[keep].T @ onehot)
 
 
-def score(table: MaskTable, predicted: np.ndarray, num_classes: int) -> dict:
-    """mIoU (of the painted label maps) and mask F1 of a mask classification."""
-    metrics = pixel_confusion(table, predicted, num_classes).compute()
-    f1 = mask_f1(predicted, table.true_labels, num_classes)
+def score(table: MaskTable, predicted: np.ndarray, num_classes: int, rows: np.ndarray | None = None) -> dict:
+    """mIoU (of the painted label maps) and mask F1 of a mask classification (``rows``: a subset of masks)."""
+    metrics = pixel_confusion(table, predicted, num_classes, rows).compute()
+    true = table.true_labels if rows is None else np.where(np.asarray(rows, dtype=bool), table.true_labels, -1)
+    f1 = mask_f1(predicted, true, num_classes)
     return {"miou": metrics["miou"], "per_class_iou": metrics["per_class_iou"],
             "pixel_accuracy": metrics["pixel_accuracy"], "f1": f1["f1"], "per_class_f1": f1["per_class_f1"]}

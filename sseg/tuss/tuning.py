@@ -52,27 +52,35 @@ def tune_glcc(train: MaskTable, train_scores: np.ndarray, supervision_for: Calla
     unknown = set(grid) - set(TUNABLE)
     if unknown:
         raise ConfigError(f"cannot tune {', '.join(sorted(unknown))}: tunable are {', '.join(TUNABLE)}")
+    if "propagation" not in cfg.order:  # nothing of the grid is used
+        return TuningResult(cfg, [])
     held_images = holdout_flags(len(train.image_ids), holdout_fraction, seed)
     held_rows = held_images[train.image_index]
     fit, held = train.select_images(~held_images), train.select_images(held_images)
     supervision = supervision_for(~held_rows)
-    keys = list(grid)
+    weights = [float(w) for w in grid.get("weight", [cfg.propagation.weight])]
+    order = cfg.order
+    # the weight only scales the last propagation's votes, unless a propagation feeds it its prior
+    one_pass = order[-1] == "propagation" and (len(order) == 1 or order[-2] == "probe")
+    keys = [k for k in grid if k != "weight"] + ([] if one_pass else ["weight"])
     graphs: dict[tuple[int, float], KnnGraph] = {}
     trials, best, best_score = [], cfg, -np.inf
     for values in itertools.product(*(grid[k] for k in keys)):
-        prop = cfg.propagation.model_copy(update=dict(zip(keys, values)))
-        trial_cfg = cfg.model_copy(update={"propagation": prop})
+        setting = {k: (int(v) if k == "k" else float(v)) for k, v in zip(keys, values)}
+        prop = cfg.propagation.model_copy(update=setting)
         graph = None
-        if "propagation" in cfg.order:
-            key = (prop.k, prop.gamma)
-            if key not in graphs:
-                graphs[key] = knn_graph(fit.embeddings, prop.k, prop.gamma)
-            graph = graphs[key]
+        if "propagation" in order:
+            if (prop.k, prop.gamma) not in graphs:
+                graphs[(prop.k, prop.gamma)] = knn_graph(fit.embeddings, prop.k, prop.gamma)
+            graph = graphs[(prop.k, prop.gamma)]
         result = run_glcc(fit.embeddings, fit.area, supervision, train_scores[~held_rows], held.embeddings,
-                          trial_cfg, graph=graph)
-        metrics = score(held, result.test_scores.argmax(axis=1), num_classes)
-        value = 0.5 * (metrics["miou"] + metrics["f1"])
-        trials.append({**dict(zip(keys, values)), "miou": metrics["miou"], "f1": metrics["f1"], "score": value})
-        if value > best_score:
-            best, best_score = trial_cfg, value
+                          cfg.model_copy(update={"propagation": prop}), graph=graph)
+        for weight in (weights if one_pass else [prop.weight]):
+            scores = result.last_prior + weight * result.last_votes if one_pass else result.test_scores
+            metrics = score(held, scores.argmax(axis=1), num_classes)
+            value = 0.5 * (metrics["miou"] + metrics["f1"])
+            trials.append({**setting, "weight": weight, "miou": metrics["miou"], "f1": metrics["f1"], "score": value})
+            if value > best_score:
+                best_score = value
+                best = cfg.model_copy(update={"propagation": prop.model_copy(update={"weight": weight})})
     return TuningResult(best, trials)

@@ -1,0 +1,98 @@
+"""One TUSS setting end to end on cached mask embeddings: supervision → (tuned) classifier → scores.
+
+A setting is a supervision kind (full / semi / weak / open vocabulary, optionally full with label noise) and
+a classifier (a bootstrap order: ``("probe",)`` is the linear-probe baseline, the paper's GLCC two rounds of
+probe → propagation). Hyperparameters are chosen on a held-out slice of the training images
+(``sseg.tuss.tuning``), then the classifier is built on every training mask and scores the evaluation masks.
+The training masks' pseudo-labels are scored before and after (their own mIoU and mask F1): GLCC's
+denoising, measured directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sseg.errors import DataError
+from sseg.tuss.config import GLCCConfig
+from sseg.tuss.glcc import run_glcc
+from sseg.tuss.supervision import Supervision, SupervisionKind, confusion_counts, noisy_full_labels
+from sseg.tuss.table import MaskTable, score
+from sseg.tuss.tuning import tune_glcc
+
+
+@dataclass
+class SplitData:
+    table: MaskTable
+    zero_shot: np.ndarray  # [N, C] zero-shot class scores of every mask
+
+
+@dataclass
+class Setting:
+    kind: SupervisionKind
+    order: tuple[str, ...] = ("probe", "propagation", "probe", "propagation")
+    labeled_images: np.ndarray | None = None  # semi: bool [training images]
+    image_labels: np.ndarray | None = None  # weak: bool [training images, C]
+    noise_rate: float = 0.0  # full: share of mask labels corrupted
+    noise: str = "uniform"  # or "confusion" (along the zero-shot confusion matrix)
+    noise_seed: int = 0
+
+
+def supervision_factory(setting: Setting, train: SplitData, num_classes: int):
+    """``rows (bool [N]) -> Supervision`` over those training masks (all rows: the run's supervision)."""
+    table = train.table
+    if setting.kind == "full":
+        proportions = table.proportions
+        if setting.noise_rate > 0:
+            confusion = None
+            if setting.noise == "confusion":
+                known = table.true_labels >= 0
+                confusion = confusion_counts(table.true_labels[known], train.zero_shot[known].argmax(1), num_classes)
+            proportions, _ = noisy_full_labels(proportions, setting.noise_rate,
+                                               np.random.default_rng(setting.noise_seed), confusion)
+        return lambda rows: Supervision("full", num_classes, proportions=proportions[rows])
+    if setting.kind == "semi":
+        if setting.labeled_images is None:
+            raise DataError("semi supervision needs the labelled images")
+        labelled = np.asarray(setting.labeled_images, dtype=bool)[table.image_index]
+        proportions = np.where(labelled[:, None], table.proportions, 0.0) if table.gt_counts is not None else None
+        return lambda rows: Supervision("semi", num_classes, proportions=proportions[rows], labelled=labelled[rows])
+    if setting.kind == "weak":
+        if setting.image_labels is None:
+            raise DataError("weak supervision needs image-level labels")
+        return lambda rows: Supervision("weak", num_classes, image_index=table.image_index[rows],
+                                        image_labels=setting.image_labels)
+    raise DataError(f"{setting.kind} supervision builds no classifier")
+
+
+def run_setting(setting: Setting, train: SplitData, val: SplitData, glcc: GLCCConfig, num_classes: int, *,
+                tune: bool, grid: dict[str, list], holdout_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Metrics of the setting on ``val`` (``miou``, ``f1``), the pseudo-labels' quality before and after
+    (``pseudo_before.*``, ``pseudo_after.*``), the chosen hyperparameters and the seconds per step."""
+    if setting.kind == "open_vocabulary":
+        metrics = score(val.table, val.zero_shot.argmax(axis=1), num_classes)
+        return {"miou": metrics["miou"], "f1": metrics["f1"], "per_class_iou": metrics["per_class_iou"],
+                "predicted": val.zero_shot.argmax(axis=1)}
+    make = supervision_factory(setting, train, num_classes)
+    cfg = glcc.model_copy(update={"order": tuple(setting.order)})
+    out: dict = {}
+    if tune and "propagation" in cfg.order:
+        tuned = tune_glcc(train.table, train.zero_shot, make, cfg, grid, num_classes, holdout_fraction, seed)
+        cfg = tuned.best
+        out["trials"] = tuned.trials
+    everything = np.ones(len(train.table), dtype=bool)
+    result = run_glcc(train.table.embeddings, train.table.area, make(everything), train.zero_shot,
+                      val.table.embeddings, cfg)
+    predicted = result.test_scores.argmax(axis=1)
+    metrics = score(val.table, predicted, num_classes)
+    out.update(miou=metrics["miou"], f1=metrics["f1"], per_class_iou=metrics["per_class_iou"], predicted=predicted,
+               alpha=cfg.propagation.alpha, k=cfg.propagation.k, weight=cfg.propagation.weight,
+               **{f"seconds.{k}": v for k, v in result.seconds.items()})
+    if train.table.gt_counts is not None:
+        for name, labels in (("pseudo_before", result.labels_before), ("pseudo_after", result.labels_after)):
+            covered = labels.sum(axis=1) > 0
+            quality = score(train.table, labels.argmax(axis=1), num_classes, rows=covered)
+            out[f"{name}.miou"], out[f"{name}.f1"] = quality["miou"], quality["f1"]
+            out[f"{name}.covered"] = float(covered.mean())
+    return out

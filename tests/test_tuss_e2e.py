@@ -1,0 +1,130 @@
+"""jobs/tuss.py end to end through Ray Data and MLflow on the tiny world, the cache's resume and refusal, and bad
+input (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+TINY_SSEG = {
+    "backbone": "tiny_convnet", "tiny_convnet_widths": [8, 16, 16, 32], "image_size": 64, "hidden_dim": 32,
+    "num_queries": 4, "dec_layers": 1, "nheads": 2, "dim_feedforward": 64, "decoder_dropout": 0.0,
+    "mask_dim": 32, "text_layers": 1, "text_width": 32, "text_heads": 2, "context_length": 16,
+    "embed_dim": 32, "mask_feature_source": "pooled",
+}
+PARENT = "0123456789abcdef0123456789abcdef"
+
+
+def _checkpoint(directory):
+    from sseg.checkpoints import save_checkpoint
+    from sseg.models.config import ModelConfig
+    from sseg.models.sseg_model import SSegModel
+
+    torch.manual_seed(0)
+    return save_checkpoint(directory, model=SSegModel(ModelConfig.model_validate(TINY_SSEG)), model_config=TINY_SSEG,
+                           extra={"mlflow_run_id": PARENT})
+
+
+def _overrides(tiny_world, tmp_path, checkpoint):
+    # the tiny world's own config (conftest), so its captions can be rendered again
+    return ["world.seed=3", "world.num_train=96", "world.num_val=24", "world.num_labeled_train=16",
+            "world.shard_size=32", f"world_dir={tiny_world}", f"data.root={tiny_world / 'voc'}",
+            f"vlm.checkpoint={checkpoint}", f"cache_dir={tmp_path / 'cache'}", f"storage_path={tmp_path / 'runs'}",
+            "data.templates=single", "data.chunk_size=10", 'classifier.grid={"alpha": [0.5, 0.9], "k": [5]}',
+            "classifier.glcc.probe.epochs=3", "masks.generator.num_segments=4", "threads=1", "pictures=2"]
+
+
+@pytest.mark.slow
+def test_tuss_weak_from_captions_end_to_end_and_resume(ray_session, tiny_world, tmp_path, mlflow_uri, capsys):
+    import tuss as job
+    from mlflow.tracking import MlflowClient
+
+    checkpoint = _checkpoint(tmp_path / "sseg")
+    assert job.main(_overrides(tiny_world, tmp_path, checkpoint)) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["f1"] <= 1.0
+    assert "to embed" in out and "(train): 0 of 2 chunks already" in out
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["sseg.stage"] == "tuss"
+    assert run.data.tags["sseg.parent_run_id"] == PARENT  # lineage to the VLM's run
+    metrics = run.data.metrics
+    for name in ("eval.miou", "eval.f1", "eval.pseudo_before.miou", "eval.pseudo_after.miou", "eval.seconds.probe",
+                 "embed.train.images_ok", "embed.val.images_per_s"):
+        assert name in metrics, name
+    assert metrics["embed.train.images_ok"] == 16 and metrics["embed.val.images_ok"] == 24
+    assert run.data.params["supervision.kind"] == "weak" and run.data.params["supervision.image_labels"] == "captions"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert "eval/input_prediction_truth.png" in artifacts and "eval/tuning_trials.json" in artifacts
+    # a second run reads the cache (nothing embedded again) and gives the same figures
+    assert job.main(_overrides(tiny_world, tmp_path, checkpoint)) == 0
+    out = capsys.readouterr().out
+    again = json.loads(out.strip().splitlines()[-1])
+    assert "(train): 2 of 2 chunks already" in out and "(val): 3 of 3 chunks already" in out
+    assert again["miou"] == pytest.approx(result["miou"]) and again["f1"] == pytest.approx(result["f1"])
+
+
+def _run_bad(args, capsys):
+    import tuss as job
+    from pipelines.cli import run_job
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(job.main, args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.mark.parametrize("case", ["wrong_weights", "bad_label", "clip_without_weights", "method_mismatch"])
+def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path, mlflow_uri, capsys):
+    import shutil
+
+    from PIL import Image
+
+    checkpoint = _checkpoint(tmp_path / "sseg")
+    args = _overrides(tiny_world, tmp_path, checkpoint)
+    if case == "wrong_weights":  # a CLIP file that is another model
+        torch.save({"visual.conv1.weight": torch.zeros(8, 3, 16, 16), "visual.proj": torch.zeros(8, 4),
+                    "text_projection": torch.zeros(8, 4), "token_embedding.weight": torch.zeros(10, 8)},
+                   tmp_path / "clip.pt")
+        args += ["vlm.kind=clip", f"vlm.checkpoint={tmp_path / 'clip.pt'}", "embed.method=dba"]
+        expect = "does not fit"
+    elif case == "bad_label":
+        world = tmp_path / "world"
+        shutil.copytree(tiny_world / "voc", world / "voc")
+        for path in sorted((world / "voc" / "SegmentationClass").glob("val_*.png"))[:1]:
+            label = np.array(Image.open(path))
+            label[0, 0] = 40
+            image = Image.fromarray(label, mode="P")
+            image.putpalette(Image.open(path).getpalette())
+            image.save(path)
+        args += [f"data.root={world / 'voc'}"]
+        expect = "[40] outside the 14 classes"
+    elif case == "clip_without_weights":
+        args += ["vlm.kind=clip", "vlm.checkpoint=null", "embed.method=dba"]
+        expect = "needs vlm.checkpoint"
+    else:
+        args += ["embed.method=dba"]
+        expect = "does not fit vlm.kind=sseg"
+    assert expect in _run_bad(args, capsys)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_cache_refuses_another_identity(tmp_path):
+    from pipelines.io.tuss_cache import TussCache, tuss_identity
+    from sseg.errors import DataError
+
+    base = dict(vlm_file=None, vlm_kind="sseg", masks={"source": "generator"}, embed={"method": "pooled"},
+                dataset="world", split="train", class_names=["a", "b"], keys=["x", "y", "z"], chunk_size=2)
+    cache = TussCache(tmp_path / "c", tuss_identity(**base)).open()
+    assert cache.num_chunks() == 2 and cache.todo() == [0, 1]
+    with pytest.raises(DataError, match="another embedding method"):
+        TussCache(tmp_path / "c", tuss_identity(**{**base, "embed": {"method": "pooled_dba"}})).open()
+    with pytest.raises(DataError, match="another mask source"):
+        TussCache(tmp_path / "c", tuss_identity(**{**base, "masks": {"source": "files"}})).open()
