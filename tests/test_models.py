@@ -182,6 +182,30 @@ def test_timm_backbone_gives_nchw_at_four_strides() -> None:
     assert [tuple(f.shape[1:]) for f in feats] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
 
 
+def test_swin_backbone_built_at_224_segments_448_windows() -> None:
+    # The paper model trains at 224 and evaluates GroupViT's 448-px windows: the Swin must take both.
+    net = TimmBackbone("swin_tiny_patch4_window7_224", image_size=224).eval()
+    with torch.no_grad():
+        feats = net(torch.randn(1, 3, 448, 448))
+    assert [tuple(f.shape[2:]) for f in feats] == [(112, 112), (56, 56), (28, 28), (14, 14)]
+
+
+def test_backbone_of_fixed_input_size_is_refused(monkeypatch) -> None:
+    import timm
+
+    real = timm.create_model
+
+    def no_dynamic_size(name, **kwargs):  # what timm 1.0.29 does for Swin
+        if "dynamic_img_size" in kwargs:
+            raise TypeError("__init__() got an unexpected keyword argument 'dynamic_img_size'")
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", no_dynamic_size)
+    with pytest.raises(ConfigError, match="accepts only 224-px inputs"):
+        TimmBackbone("swin_tiny_patch4_window7_224", image_size=224)
+    assert TimmBackbone("resnet18", image_size=64).out_channels == [64, 128, 256, 512]  # CNNs: no size at all
+
+
 def test_backbone_config_errors() -> None:
     with pytest.raises(ConfigError, match="unknown backbone"):
         build_backbone(tiny_model_config(backbone="no_such_net"))

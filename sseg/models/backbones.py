@@ -127,15 +127,22 @@ class TimmBackbone(Backbone):
         last_error: Exception | None = None
         for extra in attempts:
             try:
-                return timm.create_model(name, **kwargs, **extra)
+                model = timm.create_model(name, **kwargs, **extra)
             except TypeError as exc:
                 if "unexpected keyword" not in str(exc):
                     raise
                 last_error = exc
+                continue
             except RuntimeError as exc:
                 if checkpoint is not None and "state_dict" in str(exc):
                     raise CheckpointError(_mismatch_message(checkpoint, exc)) from None
                 raise
+            if extra and "dynamic_img_size" not in extra:
+                # It takes an input size but not any size: it would refuse the 448-px evaluation of a
+                # model trained at 224 (older timm releases build Swin this way).
+                raise ConfigError(f"backbone '{name}' accepts only {image_size}-px inputs in timm "
+                                  f"{timm.__version__}; timm >= 1.0.31 builds it for any input size")
+            return model
         raise ConfigError(f"backbone '{name}' could not be created: {last_error}")
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
