@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipelines.io.runtime import init_ray, require_gpus
 from pipelines.training import trainer
+from pipelines.training.loop import DataStageCpus
 from pipelines.training.pretrain_step import build_pretrain_step
 from schemas.configs import PretrainConfig, PseudoMaskJobConfig
 from sseg.data.captions import caption_words_method
@@ -51,8 +52,8 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks=()) -
     if stream:
         require_gpus(cfg.pool.gpus_per_actor, "pool.gpus_per_actor")
     # each CPU pseudo-mask actor of the stream source holds one CPU while training runs
-    cpus_per_worker = trainer.plan_cpus(cfg.train, cfg.pool.num_actors if stream and not cfg.pool.gpus_per_actor
-                                        else 0)
+    cpu_actors = cfg.pool.num_actors if stream and not cfg.pool.gpus_per_actor else 0
+    cpus_per_worker = trainer.plan_cpus(cfg.train, cpu_actors, stages=data_stages(stream, cpu_actors))
 
     from pipelines.stages import train_data
 
@@ -99,6 +100,17 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks=()) -
                             step=summary["steps"])
     summary["mlflow_run_id"] = tracker.run_id
     return summary
+
+
+def data_stages(stream: bool, cpu_actors: int) -> list[DataStageCpus]:
+    """The Ray Data stages that hold CPU while pretraining trains (Ray Data's names)."""
+    if not stream:
+        return [DataStageCpus("the cache's read and crop tasks (ReadParquet → MapBatches(CropCachedSamples))", 1.0)]
+    stages = [DataStageCpus("the shard read tasks (ReadTolerantWebDataset → MapBatches(DecodeSamples))", 1.0)]
+    if cpu_actors:
+        stages.insert(0, DataStageCpus(f"{cpu_actors} CPU pseudo-mask actor(s) (MapBatches(PseudoMaskStage))",
+                                       float(cpu_actors), held=True))
+    return stages
 
 
 def pretrain_deviations(cfg: PretrainConfig) -> list[str]:

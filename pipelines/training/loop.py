@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -270,14 +270,56 @@ def make_trainer(settings: LoopSettings, dataset, *, run_name: str, storage_path
 # ---- CPU for the data stages, and stall detection ------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DataStageCpus:
+    """A Ray Data stage that holds CPU while training runs. ``held``: an actor pool holding ``cpus`` in
+    all for the whole run; else tasks of ``cpus`` each (a read or map task: Ray Data's default is 1 CPU),
+    of which one at a time is the least that moves the stream."""
+
+    name: str
+    cpus: float
+    held: bool = False
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.cpus:g} CPU, held while training runs)" if self.held else \
+            f"{self.name} ({self.cpus:g} CPU a task)"
+
+
+# Every stage feeds training through Ray Data tasks of 1 CPU (reads and maps) unless the run names them.
+DEFAULT_DATA_STAGES = (DataStageCpus("the Ray Data read and map tasks", 1.0),)
+
+
+def data_stage_need(stages: Sequence[DataStageCpus]) -> float:
+    """The least CPU the stages need beside the training workers: every held pool + the largest task."""
+    return sum(s.cpus for s in stages if s.held) + max([s.cpus for s in stages if not s.held], default=0.0)
+
+
 def plan_worker_cpus(num_workers: int, cpus_per_worker: float | None, data_cpus: float,
-                     cluster_cpus: float, *, field: str = "train") -> tuple[float, str | None]:
+                     cluster_cpus: float, *, field: str = "train",
+                     stages: Sequence[DataStageCpus] = ()) -> tuple[float, str | None]:
     """CPUs per training worker that leave ``data_cpus`` of the cluster to the Ray Data stages feeding
     training (Ray Data only gets what the training workers do not hold; with nothing left the stream
-    stops and training waits forever). ``cpus_per_worker`` None: 1, lowered to fit (returns a note
-    saying so). Given explicitly and not fitting: a one-line :class:`SsegError`."""
+    stops and training waits forever). ``stages``: the stages that hold CPU; the reserve is raised to what
+    they need (:func:`data_stage_need`), and when even that does not fit the error names them.
+    ``data_cpus`` 0 is the user's call: no reserve, no stage check. ``cpus_per_worker`` None: 1, lowered
+    to fit (returns a note saying so). Given explicitly and not fitting: a one-line :class:`SsegError`."""
     from sseg.errors import SsegError
 
+    need = data_stage_need(stages) if data_cpus > 0 else 0.0
+    if need > data_cpus + 1e-9:
+        workers = num_workers * (cpus_per_worker or 0.0)
+        if cluster_cpus - workers - need < (-1e-9 if cpus_per_worker is not None else 0.01 * num_workers):
+            fit = math.floor((cluster_cpus - need) / num_workers * 100) / 100
+            hint = (f"set {field}.cpus_per_worker={fit:g} or leave it unset" if fit > 0
+                    else "use a larger cluster (ray.num_cpus on one machine) or fewer CPU actors")
+            held = (f"{num_workers} training worker(s) x {cpus_per_worker:g} CPU leave "
+                    f"{max(cluster_cpus - workers, 0):g}" if cpus_per_worker is not None
+                    else f"{num_workers} training worker(s) leave less than {max(cluster_cpus - need, 0):g} + {need:g}")
+            raise SsegError(f"the data stages feeding training need {need:g} CPU beside the training workers "
+                            f"({' + '.join(s.describe() for s in stages)}); {held} of the cluster's "
+                            f"{cluster_cpus:g} CPU, so {_starved(stages, cluster_cpus - workers)} would wait "
+                            f"forever; {hint}")
+        data_cpus = need
     room = cluster_cpus - data_cpus
     if cpus_per_worker is not None:
         if num_workers * cpus_per_worker <= room + 1e-9:
@@ -298,6 +340,16 @@ def plan_worker_cpus(num_workers: int, cpus_per_worker: float | None, data_cpus:
                         f"workers, a smaller {field}.data_cpus or a larger cluster")
     return fit, (f"{num_workers} training workers get {fit:g} CPU each, keeping {data_cpus:g} of the cluster's "
                  f"{cluster_cpus:g} CPU for the data stages ({field}.cpus_per_worker to choose)")
+
+
+def _starved(stages: Sequence[DataStageCpus], free: float) -> str:
+    """The first stage that cannot get its CPU from ``free`` (held pools take theirs first)."""
+    for stage in sorted(stages, key=lambda s: not s.held):
+        if stage.cpus > free + 1e-9:
+            return stage.name
+        if stage.held:
+            free -= stage.cpus
+    return stages[-1].name
 
 
 class ProgressMonitor:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 from pydantic import BaseModel
 
 from pipelines.tracking import Tracker, generated_run_name, tracked_run
-from pipelines.training.loop import (LoopSettings, data_stage_names, describe_stall, fit_watched,
+from pipelines.training.loop import (DEFAULT_DATA_STAGES, DataStageCpus, LoopSettings, data_stage_names, describe_stall, fit_watched,
                                      make_trainer, monitor_snapshot, newest_checkpoint, plan_worker_cpus,
                                      start_progress_monitor)
 from schemas.configs import RuntimeConfig
@@ -137,17 +137,20 @@ def check_gpus(runtime: RuntimeConfig) -> None:
     require_gpus(1 if runtime.use_gpu else 0, "train.use_gpu")
 
 
-def plan_cpus(runtime: RuntimeConfig, extra_data_cpus: float = 0.0) -> float:
+def plan_cpus(runtime: RuntimeConfig, extra_data_cpus: float = 0.0,
+              stages: Sequence[DataStageCpus] = DEFAULT_DATA_STAGES) -> float:
     """CPUs per training worker leaving ``train.data_cpus`` (+ ``extra_data_cpus``: e.g. CPU actors that
-    feed training) to the data stages; a one-line error when an explicit ``train.cpus_per_worker`` leaves
-    none. An autoscaling cluster may add nodes, so there the request stands as given. Needs Ray."""
+    feed training), and at least what ``stages`` (every Ray Data stage that holds a CPU: read tasks, map
+    tasks, CPU actor pools) need, to the data stages; a one-line error naming the stage that would wait
+    when they cannot fit beside the workers. An autoscaling cluster may add nodes, so there the request
+    stands as given. Needs Ray."""
     import ray
 
     if os.environ.get("SSEG_AUTOSCALING_CLUSTER", "0") == "1":
         return runtime.cpus_per_worker or 1.0
     cpus, note = plan_worker_cpus(runtime.num_workers, runtime.cpus_per_worker,
                                   runtime.data_cpus + extra_data_cpus,
-                                  float(ray.cluster_resources().get("CPU", 0)))
+                                  float(ray.cluster_resources().get("CPU", 0)), stages=stages)
     if note:
         print(f"[sseg] {note}", flush=True)
     return cpus
