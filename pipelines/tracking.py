@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 LINEAGE_TAG = "sseg.parent_run_id"
@@ -140,6 +140,12 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
             self.client.set_terminated(self.run_id, status=status)
+
+
+def deviation_tags(deviations: Sequence[str]) -> dict[str, str]:
+    """The run's ``sseg.deviation`` tag: every setting of its config that differs from the paper, joined
+    with "; " (no tag when there is none)."""
+    return {"sseg.deviation": "; ".join(deviations)} if deviations else {}
 
 
 def emit_result(result: Mapping[str, Any]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.lineage import resolve_parent
+from pipelines.tracking import deviation_tags
 from schemas.configs import SemiVLConfig
 from sseg.errors import CheckpointError, ConfigError, DataError, first_line
 
@@ -21,7 +22,7 @@ class Prepared:
     """Everything checked before any work starts (bad input: one-line error, nothing written)."""
 
     class_names: list[str]
-    classes: dict[str, list[str]]  # class → concepts (one concept per class without class definitions)
+    classes: dict[str, list[str]]  # class → concepts the decoder and the evaluation see
     split: object  # sseg.semivl.splits.Split
     labeled_paths: tuple[list[str], list[str]]
     unlabeled_paths: list[str]
@@ -30,6 +31,7 @@ class Prepared:
     parent_run_id: str | None
     tags: dict = field(default_factory=dict)
     label_transform: object = None  # the reader's label-file ids → class ids (Cityscapes labelIds → train ids)
+    guide_classes: dict[str, list[str]] | None = None  # what the dense VL guidance sees (None: ``classes``)
 
 
 def _resolve_sseg(cfg: SemiVLConfig) -> tuple[str | None, dict, str | None]:
@@ -94,7 +96,7 @@ def prepare(cfg: SemiVLConfig) -> Prepared:
     from pipelines.stages.semivl_data import resolve_paths
     from sseg.data.datasets import build_dataset
     from sseg.inference import check_class_names_encodable
-    from sseg.semivl.concepts import as_mapping, class_definitions
+    from sseg.semivl.concepts import decoder_and_guide_classes
     from sseg.semivl.config import SemiVLModelConfig
     from sseg.semivl.splits import check_split, resolve_split
 
@@ -124,8 +126,8 @@ def prepare(cfg: SemiVLConfig) -> Prepared:
     labeled_paths = resolve_paths(reader, split.labeled)
     unlabeled_paths = resolve_paths(reader, split.unlabeled, labeled=False)[0]
     check_labels(labeled_paths[1], len(class_names), getattr(reader, "label_transform", None))
-    use_definitions = cfg.components.class_definitions and cfg.data.concepts is not None
-    classes = as_mapping(class_definitions(class_names, cfg.data.concepts if use_definitions else None))
+    classes, guide_classes = decoder_and_guide_classes(class_names, cfg.data.concepts,
+                                                       cfg.components.class_definitions)
 
     reserved = {"vlm", "sseg", "clip_model", "clip_model_cfg", "decoder", "num_classes"} & set(cfg.model)
     if reserved:
@@ -138,12 +140,68 @@ def prepare(cfg: SemiVLConfig) -> Prepared:
     except ValueError as exc:
         raise ConfigError(f"model: {first_line(exc)}") from None
     context = SemiVLModelConfig.model_validate(model_config).context_length
-    check_class_names_encodable(classes, cfg.data.templates, context)
+    check_class_names_encodable(guide_classes, cfg.data.templates, context)
     tags = {"sseg.split": split.description, "sseg.split_official": str(split.official).lower(),
             "sseg.vlm": cfg.vlm.kind,
-            "sseg.components": ",".join(k for k, v in cfg.components.model_dump().items() if v) or "none",
+            "sseg.components": ",".join(k if v is True else f"{k}={v}"
+                                        for k, v in cfg.components.model_dump().items() if v) or "none",
             "sseg.supervised_only": str(cfg.train.supervised_only).lower()}
+    tags.update(deviation_tags(semivl_deviations(cfg, len(split.unlabeled))))
     if cfg.vlm.kind == "sseg":
         tags["sseg.spatial_params"] = "backbone stride-2 convs + FPN 3x3 output convs (README, SemiVL)"
     return Prepared(class_names, classes, split, labeled_paths, unlabeled_paths, model_config,
-                    checkpoint, parent, tags, label_transform=getattr(reader, "label_transform", None))
+                    checkpoint, parent, tags, label_transform=getattr(reader, "label_transform", None),
+                    guide_classes=guide_classes)
+
+
+# The public SemiVL code's Pascal VOC setting (experiments.py, exp 40): model widths, optimisation, data and
+# evaluation; every difference is named in the run's sseg.deviation tag.
+PAPER_MODEL = {"channels": 128, "text_channels": 128, "up_channels": [64, 32], "skip_channels": [32, 16],
+               "clip_skip_blocks": [1, 4], "transformer_heads": 4, "pool_size": 4, "dense_pool": 1}
+PAPER_EPOCHS = 80  # of the unlabelled loader
+
+
+def semivl_deviations(cfg: SemiVLConfig, num_unlabeled: int) -> list[str]:
+    """The choices of this config that differ from SemiVL's paper and public code (VOC hyperparameters;
+    the learning rates are checked on VOC and the world only: the paper tunes them per dataset)."""
+    out = []
+    if cfg.vlm.kind != "clip" or cfg.vlm.clip_model not in ("ViT-B-16", "ViT-B-16-quickgelu"):
+        out.append(f"VLM {cfg.vlm.kind if cfg.vlm.kind != 'clip' else cfg.vlm.clip_model} (the paper: CLIP ViT-B/16)")
+    off = [k for k, v in cfg.components.model_dump().items() if v is False]
+    if off:
+        out.append(f"components off: {', '.join(off)}")
+    if cfg.components.class_definitions == "decoder":
+        out.append("class definitions through the decoder in training and evaluation (the paper: the dense VL "
+                   "guidance only, the decoder on class names)")
+    if cfg.data.templates != "single":
+        out.append(f"prompt templates {cfg.data.templates} (the paper: \"a photo of a {{}}.\")")
+    if cfg.data.crop_size != 512:
+        out.append(f"crop {cfg.data.crop_size} (the paper: 512)")
+    if cfg.data.img_scale is None or sorted(cfg.data.img_scale) != [512, 2048] or tuple(cfg.data.scale) != (0.5, 2.0):
+        out.append(f"training rescale {cfg.data.img_scale or 'the image size'} x {list(cfg.data.scale)} (the "
+                   "paper: short side 512 (long ≤ 2048) x [0.5, 2])")
+    if (cfg.eval.short_side, cfg.eval.window, cfg.eval.stride) != (512, 512, 426):
+        out.append(f"evaluation at short side {cfg.eval.short_side or 'native'}, window {cfg.eval.window} / "
+                   f"stride {cfg.eval.stride} (the paper: short side 512, window 512 / stride 426)")
+    t = cfg.train
+    if t.batch_size * t.num_workers != 8:
+        out.append(f"{t.batch_size * t.num_workers} labelled + unlabelled images per step (the paper: 8 + 8)")
+    epochs = t.steps * t.batch_size * t.num_workers / max(num_unlabeled, 1)
+    if abs(epochs - PAPER_EPOCHS) > 1:
+        out.append(f"{t.steps} steps = {epochs:.3g} epochs of the unlabelled set (the paper: {PAPER_EPOCHS}, "
+                   f"{PAPER_EPOCHS * (num_unlabeled // 8)} steps here)")
+    if cfg.data.dataset in ("voc", "world") and (t.lr, t.backbone_lr_mult, t.head_lr_mult) != (1e-4, 0.01, 10.0):
+        out.append(f"lr {t.lr:g}, backbone x{t.backbone_lr_mult:g}, head x{t.head_lr_mult:g} (the paper on VOC: "
+                   "1e-4, x0.01, x10)")
+    if (t.weight_decay, t.tau, tuple(t.guidance_lambda), t.guidance_threshold, t.warmup_steps, t.grad_clip) != \
+            (0.01, 0.95, (0.1, 0.0), 0.9, 0, None):
+        out.append(f"weight decay {t.weight_decay:g}, tau {t.tau:g}, guidance lambda {list(t.guidance_lambda)} / "
+                   f"threshold {t.guidance_threshold:g}, warm-up {t.warmup_steps}, grad clip {t.grad_clip} (the "
+                   "paper: 0.01, 0.95, [0.1, 0], 0.9, 0, none)")
+    model = {k: cfg.model.get(k, v) for k, v in PAPER_MODEL.items()}
+    if model != PAPER_MODEL:
+        diff = ", ".join(f"{k} {model[k]}" for k in PAPER_MODEL if model[k] != PAPER_MODEL[k])
+        out.append(f"decoder widths {diff} (the paper: {', '.join(f'{k} {v}' for k, v in PAPER_MODEL.items())})")
+    if t.supervised_only:
+        out.append("supervised only (labelled images alone)")
+    return out

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from pipelines.io.runtime import init_ray, require_gpus
+from pipelines.tracking import deviation_tags
 from pipelines.training import trainer
 from pipelines.training.loop import DataStageCpus
 from pipelines.training.pretrain_step import build_pretrain_step
@@ -77,9 +78,7 @@ def run_pretrain(cfg: PretrainConfig, resume: str | None = None, callbacks=()) -
     tags = {"sseg.mask_feature_source": cfg.model.mask_feature_source,
             "sseg.pseudo_mask_generator": cfg.pseudo_masks.generator,
             "sseg.caption_words": caption_words_method()}
-    deviations = pretrain_deviations(cfg)
-    if deviations:
-        tags["sseg.deviation"] = "; ".join(deviations)
+    tags.update(deviation_tags(pretrain_deviations(cfg)))
     if cfg.pseudo_masks.generator == "pixel":
         tags["sseg.note"] = "pseudo masks from the pixel K-Means baseline (no DINO checkpoint given)"
     with trainer.open_run(run, cfg, parent_run_id=cfg.tracking.parent_run_id, tags=tags) as tracker:
@@ -116,6 +115,11 @@ def data_stages(stream: bool, cpu_actors: int) -> list[DataStageCpus]:
 def pretrain_deviations(cfg: PretrainConfig) -> list[str]:
     """The choices of this config that differ from the paper (the MLflow tag ``sseg.deviation``)."""
     deviations = []
+    if cfg.pseudo_masks.generator != "dino":
+        deviations.append(f"pseudo masks from the {cfg.pseudo_masks.generator} generator (the paper: DINO "
+                          "ViT-S/8 features + K-Means)")
+    if cfg.model.backbone != "swin_small_patch4_window7_224":
+        deviations.append(f"backbone {cfg.model.backbone} (the paper: Swin-S)")
     if cfg.model.mask_feature_source != "query":
         deviations.append("mask features pooled from a pixel-feature map under each predicted mask (the "
                           "paper uses the decoder query outputs)")

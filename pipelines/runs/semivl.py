@@ -40,18 +40,22 @@ def run_semivl(cfg: SemiVLConfig, resume: str | None = None, *, extra_tags: dict
         tracker.log_artifact(split_dir / "labeled.txt", "splits")
         tracker.log_artifact(split_dir / "unlabeled.txt", "splits")
         tracker.log_dict(prep.classes, "class_definitions.json")
+        if prep.guide_classes not in (None, prep.classes):
+            tracker.log_dict(prep.guide_classes, "guidance_class_definitions.json")
         tracker.log_params({"derived.num_labeled": len(prep.split.labeled),
                             "derived.num_unlabeled": len(prep.split.unlabeled),
                             "derived.vlm_checkpoint": str(prep.vlm_checkpoint)})
         seed = trainer.data_seed(cfg.train)
         dataset = semivl_dataset(prep.labeled_paths, prep.unlabeled_paths, crop=cfg.data.crop_size,
                                  scale=cfg.data.scale, num_classes=len(prep.class_names), seed=cfg.train.seed,
-                                 deterministic=seed is not None, label_transform=prep.label_transform)
+                                 deterministic=seed is not None, label_transform=prep.label_transform,
+                                 img_scale=cfg.data.img_scale)
         print(f"[sseg] SemiVL run {run.name}: {cfg.train.steps} steps of {cfg.train.batch_size} labelled + "
               f"{cfg.train.batch_size} unlabelled images ({len(prep.split.labeled)} labelled, "
               f"{len(prep.split.unlabeled)} unlabelled); MLflow run {tracker.run_id}", flush=True)
         resolved = {"model_config": prep.model_config, "vlm_kind": cfg.vlm.kind,
-                    "vlm_checkpoint": prep.vlm_checkpoint, "classes": prep.classes}
+                    "vlm_checkpoint": prep.vlm_checkpoint, "classes": prep.classes,
+                    "guide_classes": prep.guide_classes}
         summary = trainer.train(build_semivl_step, {"job": cfg.model_dump(mode="json"), "resolved": resolved},
                                 dataset, runtime=cfg.train, run=run, tracker=tracker, storage_path=cfg.storage_path,
                                 total_steps=cfg.train.steps, warmup_steps=cfg.train.warmup_steps,
@@ -123,7 +127,9 @@ def run_ablation(cfg: SemiVLConfig) -> dict:
     configs = []
     for name, components, supervised in ABLATION_ROWS:
         row_cfg = cfg.model_copy(deep=True)
-        row_cfg.components = row_cfg.components.model_validate(components)
+        # the rows with class definitions use them as the config does (our world default: "decoder")
+        use = (cfg.components.class_definitions or "guidance") if components["class_definitions"] else False
+        row_cfg.components = row_cfg.components.model_validate({**components, "class_definitions": use})
         row_cfg.train.supervised_only = supervised
         configs.append((name, row_cfg, prepare(row_cfg)))  # every row's input checked before the first runs
     base = configs[-2][2]

@@ -39,12 +39,13 @@ def resolve_paths(reader, ids: Sequence[str], labeled: bool = True) -> tuple[lis
 
 
 def weak_views(batch: dict, crop: int, scale: tuple[float, float], num_classes: int,
-               seed: int | None = None, label_transform=None) -> dict:
+               seed: int | None = None, label_transform=None, img_scale: tuple[int, int] | None = None) -> dict:
     """Ray Data map: paths → uint8 weak views (``image_l``, ``label_l``, ``image_u``, ``ignore_u``).
     Fresh views on every pass (an epoch sees new views). With a seed, the views of a row come from
     (seed, row index, epoch), so a rerun with the same seed sees the same views; None: random.
     ``label_transform``: the dataset reader's map from the label files' ids to class ids (Cityscapes'
-    labelIds → train ids, ADE20K's reduce-zero-label), applied before out-of-range ids become ignore."""
+    labelIds → train ids, ADE20K's reduce-zero-label), applied before out-of-range ids become ignore.
+    ``img_scale``: the rescale's reference size (sseg.semivl.augment.rescaled_shape)."""
     from sseg.data.readers.base import clean_label, read_image, read_label
     from sseg.semivl.augment import weak_view
 
@@ -55,10 +56,10 @@ def weak_views(batch: dict, crop: int, scale: tuple[float, float], num_classes: 
         rng = free_rng if seed is None else np.random.default_rng([int(row), epoch, seed])
         label = read_label(Path(mpath))
         label = clean_label(label_transform(label) if label_transform is not None else label, num_classes)
-        img, lab = weak_view(read_image(Path(lpath)), label, crop, rng, scale)
+        img, lab = weak_view(read_image(Path(lpath)), label, crop, rng, scale, img_scale)
         out["image_l"].append(img)
         out["label_l"].append(lab)
-        img, ign = weak_view(read_image(Path(upath)), None, crop, rng, scale)
+        img, ign = weak_view(read_image(Path(upath)), None, crop, rng, scale, img_scale)
         out["image_u"].append(img)
         out["ignore_u"].append(ign)
     return {k: np.stack(v) for k, v in out.items()}
@@ -77,7 +78,8 @@ def pair_rows(labeled: tuple[list[str], list[str]], unlabeled: list[str], seed: 
 
 def semivl_dataset(labeled: tuple[list[str], list[str]], unlabeled: list[str], *, crop: int,
                    scale: tuple[float, float], num_classes: int, seed: int,
-                   deterministic: bool = True, label_transform=None) -> ray.data.Dataset:
+                   deterministic: bool = True, label_transform=None,
+                   img_scale: tuple[int, int] | None = None) -> ray.data.Dataset:
     """``labeled`` = (image paths, label paths); ``unlabeled`` = image paths. ``deterministic``: every
     view follows from ``seed`` (the trainer must also preserve the row order: LoopSettings.data_seed).
     ``label_transform``: the reader's (a module-level function: it travels to the Ray Data workers)."""
@@ -85,5 +87,6 @@ def semivl_dataset(labeled: tuple[list[str], list[str]], unlabeled: list[str], *
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(8, len(rows) // 64)))
     return ds.map_batches(weak_views, fn_kwargs=dict(crop=crop, scale=tuple(scale), num_classes=num_classes,
                                                      seed=seed if deterministic else None,
-                                                     label_transform=label_transform),
+                                                     label_transform=label_transform,
+                                                     img_scale=tuple(img_scale) if img_scale else None),
                           batch_size=64, batch_format="numpy")

@@ -30,4 +30,5 @@ def build_semivl_step(config: dict, *, device: torch.device, rank: int, world_si
                              device=device, spatial_ft=cfg.components.spatial_ft, guidance=guidance, lr=t.lr,
                              head_lr_mult=t.head_lr_mult, backbone_lr_mult=t.backbone_lr_mult,
                              weight_decay=t.weight_decay, total_steps=total_steps, warmup_steps=warmup_steps,
-                             poly_power=t.poly_power, settings=settings, rank=rank)
+                             poly_power=t.poly_power, settings=settings, rank=rank,
+                             guide_classes=resolved.get("guide_classes"))

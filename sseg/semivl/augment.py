@@ -20,15 +20,30 @@ import torchvision.transforms.functional as TF
 IGNORE = 255
 
 
+def rescaled_shape(height: int, width: int, ratio: float,
+                   img_scale: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The weak view's size before the crop. ``img_scale`` None: the image's size × ``ratio``; else
+    mmseg's ``Resize(img_scale=(long, short), ratio_range)`` with keep_ratio: the largest size whose long
+    side ≤ long × ratio and short side ≤ short × ratio (the public SemiVL code: (2048, 512))."""
+    if img_scale is None:
+        factor = ratio
+    else:
+        long_max, short_max = max(img_scale) * ratio, min(img_scale) * ratio
+        factor = min(long_max / max(height, width), short_max / min(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
 def weak_view(image: np.ndarray, label: np.ndarray | None, crop: int, rng: np.random.Generator,
-              scale: tuple[float, float] = (0.5, 2.0)) -> tuple[np.ndarray, np.ndarray]:
+              scale: tuple[float, float] = (0.5, 2.0),
+              img_scale: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [H,W,3] (+ label [H,W] or None) → (image [crop,crop,3], label [crop,crop]); without a label the
-    returned map is 0 inside the image and 255 where the crop was padded (UniMatch's ignore mask)."""
+    returned map is 0 inside the image and 255 where the crop was padded (UniMatch's ignore mask).
+    ``img_scale``: see :func:`rescaled_shape`."""
     h, w = image.shape[:2]
     if label is None:
         label = np.zeros((h, w), np.uint8)
     ratio = rng.uniform(*scale)
-    nh, nw = max(1, int(h * ratio + 0.5)), max(1, int(w * ratio + 0.5))
+    nh, nw = rescaled_shape(h, w, ratio, img_scale)
     img = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
     lab = np.asarray(Image.fromarray(label).resize((nw, nh), Image.NEAREST))
     ph, pw = max(crop - nh, 0), max(crop - nw, 0)

@@ -61,3 +61,16 @@ def class_definitions(class_names: Sequence[str], source: str | Path | None) -> 
 def as_mapping(definitions: Sequence[ClassDefinition]) -> dict[str, list[str]]:
     """``{class: [concepts]}``: the form :func:`sseg.prompts.parse_class_definitions` reads back."""
     return {d.name: list(d.concepts) for d in definitions}
+
+
+def decoder_and_guide_classes(class_names: Sequence[str], source: str | Path | None,
+                              use: str | bool) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(what the decoder and the evaluation see, what the dense VL guidance sees), each ``{class:
+    [concepts]}``. ``use``: "guidance" (SemiVL's paper and public code: the guidance takes the concept
+    lists, the decoder the class names), "decoder" (both take the concept lists), False / no ``source``
+    (both take the names)."""
+    names = as_mapping(class_definitions(class_names, None))
+    if not use or source is None:
+        return names, names
+    concepts = as_mapping(class_definitions(class_names, source))
+    return (names if use == "guidance" else concepts), concepts

@@ -76,9 +76,10 @@ class SemiVLStep(StageStep):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, model_config: dict,
                  text: TextTargets, settings: SemiVLStepSettings, device: torch.device,
-                 guide_vlm: nn.Module | None = None, rank: int = 0):
+                 guide_vlm: nn.Module | None = None, rank: int = 0, guide_text: TextTargets | None = None):
         super().__init__(model, optimizer, scheduler, model_config, grad_clip=settings.grad_clip)
         self.text = text
+        self.guide_text = guide_text or text  # the guidance's concepts (SemiVL: the class definitions)
         self.settings = settings
         self.device = device
         self.guide_vlm = guide_vlm
@@ -90,10 +91,11 @@ class SemiVLStep(StageStep):
     def create(cls, model: nn.Module, model_config: dict, classes, templates, *, device: torch.device,
                spatial_ft: bool, guidance: bool, lr: float, head_lr_mult: float, backbone_lr_mult: float,
                weight_decay: float, total_steps: int, warmup_steps: int, poly_power: float,
-               settings: SemiVLStepSettings, rank: int = 0) -> "SemiVLStep":
+               settings: SemiVLStepSettings, rank: int = 0, guide_classes=None) -> "SemiVLStep":
         """The step around a built SemiVL ``model`` (:func:`sseg.semivl.model.build_semivl_model`): trainable
         parameters set (``spatial_ft``), the frozen guide copied from the initial VLM (``guidance``), the class
-        texts encoded once, AdamW over :func:`semivl_param_groups` and the poly schedule (linear warm-up)."""
+        texts encoded once (``classes`` for the decoder, ``guide_classes`` for the guidance; None: the same),
+        AdamW over :func:`semivl_param_groups` and the poly schedule (linear warm-up)."""
         from sseg.inference import build_text_classifier
 
         model = model.to(device)
@@ -105,10 +107,15 @@ class SemiVLStep(StageStep):
                 p.requires_grad_(False)
         classifier = build_text_classifier(model, classes, templates, device=device)
         text = TextTargets(classifier.embeddings.detach(), classifier.concept_to_class, classifier.num_classes)
+        guide_text = None
+        if guide_classes is not None and guide_classes != classes:
+            g = build_text_classifier(model, guide_classes, templates, device=device)
+            guide_text = TextTargets(g.embeddings.detach(), g.concept_to_class, g.num_classes)
         optimizer = adamw(semivl_param_groups(model, lr, head_lr_mult, backbone_lr_mult, weight_decay), lr,
                           (0.9, 0.999))
         scheduler = poly_with_warmup(optimizer, total_steps, warmup_steps, poly_power, warmup="linear")
-        return cls(model, optimizer, scheduler, model_config, text, settings, device, guide_vlm=guide, rank=rank)
+        return cls(model, optimizer, scheduler, model_config, text, settings, device, guide_vlm=guide, rank=rank,
+                   guide_text=guide_text)
 
     def clip_parameters(self):
         return [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -145,8 +152,8 @@ class SemiVLStep(StageStep):
             conf_w, mask_w = L.pseudo_labels(self.core(u, self.text.embeddings, self.text.concept_to_class,
                                                        self.text.num_classes))
             if s.guidance:
-                sim = dense_class_similarity(self.guide_vlm, u, self.text.embeddings, self.text.concept_to_class,
-                                             self.text.num_classes)
+                sim = dense_class_similarity(self.guide_vlm, u, self.guide_text.embeddings,
+                                             self.guide_text.concept_to_class, self.guide_text.num_classes)
                 guide = L.guidance_targets(sim, (h, w), ignore, s.guidance_scale, s.guidance_threshold)
         self.core.train()
         nx = x.shape[0]
