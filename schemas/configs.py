@@ -320,6 +320,86 @@ class SemiVLConfig(StrictModel):
         return self
 
 
+# ----------------------------------------------------------------------------- TagCLIP (jobs/tagclip.py)
+
+
+class TagCLIPDataConfig(StrictModel):
+    dataset: Literal["voc", "context", "coco_object", "coco_stuff", "ade20k", "cityscapes", "world"] = "world"
+    root: str = "data/world/voc"
+    train_split: str = "train"  # labelled training images (unseen classes masked, images kept)
+    val_split: str = "val"
+    # seen / unseen classes: a built-in split of sseg/tagclip/splits (voc, coco_stuff, world, world_b) or a
+    # JSON file {"unseen": [...], "ignore": [...]}
+    split: str = "world"
+    crop_size: int = Field(default=64, ge=16)  # paper: 512
+    scale: tuple[float, float] = (0.5, 2.0)  # random rescale range before the crop (paper: 0.5-2)
+    templates: str | list[str] = "clip7"  # prompt templates of the text tower (paper: "a photo of a {}.")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError("scale must satisfy 0 < low <= high")
+        return value
+
+
+class TagCLIPTrainConfig(RuntimeConfig):
+    steps: int = Field(default=1000, gt=0)  # paper: 20k (VOC), 80k (COCO-Stuff)
+    batch_size: int = Field(default=16, gt=0)  # images per step over all workers (paper: 16)
+    lr: float = Field(default=1e-4, gt=0)  # base lr (paper: 2e-5); head and prompts get it x their multiplier
+    weight_decay: float = Field(default=0.01, ge=0)
+    head_lr_mult: float = Field(default=10.0, gt=0)
+    prompt_lr_mult: float = Field(default=10.0, gt=0)  # visual prompts (CLIP only)
+    warmup_steps: int = Field(default=0, ge=0)  # paper: 1500 (mmcv linear warm-up from 1e-6)
+    poly_power: float = Field(default=0.9, gt=0)
+    min_lr: float = Field(default=0.0, ge=0)  # poly floor (paper: 1e-6)
+    weight_focal: float = Field(default=20.0, ge=0)
+    weight_dice: float = Field(default=1.0, ge=0)
+    weight_trusty: float = Field(default=10.0, ge=0)  # gamma of the trusty loss
+    trusty_loss: Literal["focal", "dice"] = "focal"  # the public code: focal; the paper: dice
+    # train on every class of the split (seen and unseen): the fully supervised upper bound, no unseen class
+    all_classes: bool = False
+    grad_clip: float | None = Field(default=None, gt=0)
+    bf16: Literal["auto", "on", "off"] = "auto"  # auto: bf16 autocast on GPU only
+
+
+class TagCLIPEvalConfig(StrictModel):
+    max_images: int | None = Field(default=None, gt=0)
+    window: int = Field(default=64, gt=0)  # sliding window (paper: 512 / stride 426)
+    stride: int = Field(default=64, gt=0)
+    short_side: int | None = None  # None: keep the image size
+    num_actors: int = Field(default=1, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    pictures: int = Field(default=8, ge=0)
+
+
+class TagCLIPConfig(StrictModel):
+    """Defaults = the world with our S-Seg run as the VLM (the demo's world and its labelled train split);
+    configs/tagclip_voc.yaml = the paper's inductive VOC setting."""
+
+    world: WorldConfig | None = WorldConfig()  # the demo's world (make demo generates it); null for real data
+    world_dir: str = "data/world"
+    data: TagCLIPDataConfig = TagCLIPDataConfig()
+    vlm: SemiVLVLMConfig = SemiVLVLMConfig()
+    # decoder and variant: fields of sseg.tagclip.config.TagCLIPModelConfig (trusty_token, trusty_learner,
+    # inference_weighting, seen_bias, layers, heads, prompt_tokens, ...); the run sets vlm, sseg, clip_model,
+    # clip_model_cfg, seen_classes and image_size
+    model: dict = Field(default_factory=dict)
+    train: TagCLIPTrainConfig = TagCLIPTrainConfig(threads_per_worker=2, max_failures=1, log_every=50,
+                                                   checkpoint_every=500, checkpoints_to_keep=1,
+                                                   shuffle_buffer=256)
+    eval: TagCLIPEvalConfig = TagCLIPEvalConfig()
+    storage_path: str = "runs"
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig(experiment="sseg-tagclip")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TagCLIPConfig":
+        if self.vlm.kind == "clip" and not self.vlm.checkpoint:
+            raise ValueError("vlm.kind=clip needs vlm.checkpoint (a local CLIP weights file; nothing is downloaded)")
+        return self
+
+
 # ----------------------------------------------------------------------------- S-Seg+ (jobs/self_train.py)
 
 from sseg.models.upernet import UperNetConfig  # noqa: E402

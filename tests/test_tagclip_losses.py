@@ -104,3 +104,39 @@ def test_unseen_classes_give_no_gradient_and_do_not_change_the_loss():
     swapped[raw == 3], swapped[raw == 4] = 4, 3
     assert torch.equal(loss_for(swapped), loss.detach())
     assert model(images, table[seen_ids].detach())["class_logits"].shape[1] == 3  # seen maps only
+
+
+def test_step_encodes_only_seen_names_and_trains_only_the_decoder():
+    from sseg.models.text import tokenize
+    from sseg.tagclip.splits import resolve_split
+    from sseg.tagclip.step import TagCLIPStep
+
+    torch.manual_seed(0)
+    names = ["ball", "box", "car", "sky", "water"]
+    split = resolve_split({"unseen": ["car", "water"]}, names)
+    config = {"sseg": TINY_SSEG, "seen_classes": list(split.seen_names), "heads": 2}
+    model = TagCLIPModel(TagCLIPModelConfig.model_validate(config))
+    encoded = []
+
+    def spy(texts, context_length):
+        encoded.extend(texts)
+        return tokenize(texts, context_length)
+
+    step = TagCLIPStep.create(model, config, split, ["a photo of a {}.", "{}"], device=torch.device("cpu"),
+                              lr=1e-3, weight_decay=0.01, head_mult=10, prompt_mult=10, total_steps=4,
+                              warmup_steps=0, poly_power=0.9, tokenizer=spy)
+    assert encoded and not any(u in t for t in encoded for u in ("car", "water"))
+    assert step.text.shape == (3, 16)
+    vlm_before = {k: v.clone() for k, v in model.vlm.state_dict().items()}
+    token_before = model.decoder.trusty_token.detach().clone()
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8),
+             "label": rng.integers(0, 5, (2, 64, 64)).astype(np.uint8)}
+    batch["label"][:, -8:] = V  # padding
+    metrics = [step.run(batch) for _ in range(2)]
+    assert all(math.isfinite(m["loss"]) and m["loss_trusty"] > 0 for m in metrics)
+    assert metrics[0]["unseen_pixels"] == pytest.approx(float(np.isin(batch["label"], [2, 4]).mean()))
+    assert not torch.equal(model.decoder.trusty_token, token_before)
+    assert all(torch.equal(v, model.vlm.state_dict()[k]) for k, v in vlm_before.items())
+    assert {g["group"] for g in step.optimizer.param_groups} == {"head"}
+    assert step.optimizer.param_groups[0]["initial_lr"] == pytest.approx(1e-2)

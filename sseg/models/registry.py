@@ -37,7 +37,8 @@ class ModelEntry:
 
 _REGISTRY: dict[str, ModelEntry] = {}
 # Modules that register models when imported; a new model family adds its module here.
-MODEL_MODULES: tuple[str, ...] = ("sseg.models.sseg_model", "sseg.models.upernet", "sseg.semivl.model")
+MODEL_MODULES: tuple[str, ...] = ("sseg.models.sseg_model", "sseg.models.upernet", "sseg.semivl.model",
+                                   "sseg.tagclip.model")
 _imported = False
 
 

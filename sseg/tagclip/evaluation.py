@@ -44,3 +44,30 @@ def update_trusty_histogram(histogram: ScoreHistogram, trusty: torch.Tensor | np
     unseen = np.isin(label, split.unseen)
     seen = np.isin(label, split.seen)
     histogram.update(trusty, unseen, valid=unseen | seen)
+
+
+@torch.no_grad()
+def trusty_probability(segmenter, image: np.ndarray) -> np.ndarray:
+    """The trusty map of one image ``[H, W]`` (probability that a pixel is of no seen class), computed on
+    the segmenter's windows and resize as its predictions are (``segmenter.model``: a TagCLIP model with
+    the token; its queries are the segmenter's class texts)."""
+    import torch.nn.functional as F
+
+    from sseg.inference import eval_mode, resize_maps, sliding_windows
+
+    model, cfg = segmenter.model, segmenter.cfg
+    text = segmenter.classifier.embeddings
+    with eval_mode(model):
+        x = segmenter.preprocess(image)
+        h, w = x.shape[-2:]
+        boxes = sliding_windows(h, w, cfg.window, cfg.stride) if cfg.sliding else [(0, h, 0, w)]
+        total = x.new_zeros(1, h, w)
+        count = x.new_zeros(1, h, w)
+        for y0, y1, x0, x1 in boxes:
+            crop = x[..., y0:y1, x0:x1]
+            ph, pw = (-crop.shape[-2]) % cfg.size_divisor, (-crop.shape[-1]) % cfg.size_divisor
+            padded = F.pad(crop, (0, pw, 0, ph)) if ph or pw else crop
+            total[:, y0:y1, x0:x1] += model.trusty_map(padded, text)[0, :, :y1 - y0, :x1 - x0]
+            count[:, y0:y1, x0:x1] += 1
+        out = resize_maps((total / count).unsqueeze(0), image.shape[:2])[0, 0]
+    return out.cpu().numpy()

@@ -33,6 +33,7 @@ def seen_flags(class_names: Sequence[str], concepts_per_class: Sequence[Sequence
             for name, concepts in zip(class_names, concepts_per_class)]
 
 
+@register_model("tagclip", TagCLIPModelConfig)
 class TagCLIPModel(nn.Module):
     closed_vocabulary = False
 
@@ -69,6 +70,10 @@ class TagCLIPModel(nn.Module):
         return self
 
     # -- text side
+    @property
+    def context_length(self) -> int:
+        return self.cfg.context_length
+
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.vlm.encode_text(tokens)
 
@@ -116,5 +121,3 @@ class TagCLIPModel(nn.Module):
             return None
         return F.interpolate(trusty.float(), size=images.shape[-2:], mode="bilinear", align_corners=False).sigmoid()
 
-
-register_model("tagclip", TagCLIPModelConfig, TagCLIPModel, segments=True)
