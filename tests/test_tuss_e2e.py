@@ -128,3 +128,41 @@ def test_the_cache_refuses_another_identity(tmp_path):
         TussCache(tmp_path / "c", tuss_identity(**{**base, "embed": {"method": "pooled_dba"}})).open()
     with pytest.raises(DataError, match="another mask source"):
         TussCache(tmp_path / "c", tuss_identity(**{**base, "masks": {"source": "files"}})).open()
+
+
+@pytest.mark.slow
+def test_tuss_masks_from_files_full_supervision_counts_bad_files(ray_session, tiny_world, tmp_path, mlflow_uri,
+                                                                   capsys):
+    """masks.source=files (how SAM masks come in): a file of the wrong size, a missing file and an image whose
+    only mask is under min_area are skipped and counted; the rest is classified under full supervision."""
+    import tuss as job
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from sseg.data.datasets import build_dataset
+
+    masks_dir = tmp_path / "masks"
+    masks_dir.mkdir()
+    for split in ("train", "val"):
+        reader = build_dataset("world", tiny_world / "voc", split)
+        for i, key in enumerate(reader.keys[:6]):
+            _, image, label = reader[i]
+            ids = np.where(label == 255, 0, label).astype(np.uint8)  # one mask per class present
+            if split == "train" and i == 0:
+                ids = ids[:32]  # wrong size
+            if split == "train" and i == 1:
+                continue  # no file
+            if split == "train" and i == 2:
+                ids = np.zeros_like(ids)
+                ids[0, 0] = 1  # id 1 has one pixel: under min_area; id 0 covers the rest
+            Image.fromarray(ids).save(masks_dir / f"{key}.png")
+    args = _overrides(tiny_world, tmp_path, _checkpoint(tmp_path / "sseg")) + [
+        "masks.source=files", f"masks.files_dir={masks_dir}", "supervision.kind=full", "data.max_train_images=6",
+        "data.max_val_images=6", "classifier.tune=false", "classifier.glcc.propagation.k=5"]
+    assert job.main(args) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    metrics = MlflowClient(mlflow_uri).get_run(result["mlflow_run_id"]).data.metrics
+    assert metrics["embed.train.images_size_mismatch"] == 1 and metrics["embed.train.images_missing_file"] == 1
+    assert metrics["embed.train.images_ok"] == 4 and metrics["embed.val.images_ok"] == 6
+    assert metrics["embed.train.dropped_masks"] >= 1
+    assert 0.0 <= result["miou"] <= 1.0

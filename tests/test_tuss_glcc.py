@@ -224,3 +224,16 @@ def test_tuning_picks_from_the_grid_on_held_out_training_images():
     assert held.sum() == 10 and np.array_equal(seen[0], ~held[image_index])
     with pytest.raises(Exception, match="cannot tune lr"):
         tune_glcc(table, np.zeros((len(x), 3)), supervision_for, cfg, {"lr": [1.0]}, 3)
+
+
+def test_a_given_first_probe_is_the_one_training_would_give():
+    from sseg.tuss.probe import train_probe
+
+    train_x, test_x, _, _, sup = _noisy_setting(rate=0.2)
+    cfg = GLCCConfig(order=("probe", "propagation"), probe=ProbeConfig(epochs=3, batch_size=64),
+                     propagation=PropagationConfig(k=8, k_bar=8))
+    area, zero = np.ones(len(train_x)), np.zeros((len(train_x), 4))
+    first = train_probe(train_x, sup.fill(zero), area, cfg.probe)
+    a = run_glcc(train_x, area, sup, zero, test_x, cfg)
+    b = run_glcc(train_x, area, sup, zero, test_x, cfg, first_probe=first)
+    np.testing.assert_allclose(a.test_scores, b.test_scores, rtol=1e-6)

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipelines.evaluation.tuss import log_setting, markdown_table, painted_examples
 from pipelines.inputs.tuss import Prepared, prepare
-from pipelines.io.runtime import init_ray
+from pipelines.io.runtime import init_ray, require_gpus
 from pipelines.io.tuss_cache import TussCache, read_table, tuss_identity
 from pipelines.stages.tuss_embed import build_embedding_caches
 from pipelines.tracking import generated_run_name, tracked_run
@@ -80,8 +80,11 @@ def classify(cfg: TussConfig, train: SplitData, val: SplitData, setting: Setting
 
 
 def _log_embedding(tracker, split: str, info: dict) -> None:
+    counts = dict(info["counts"])
+    dropped = counts.pop("dropped_masks", 0)
     tracker.log_metrics({f"embed.{split}.images_per_s": info["images_per_s"], f"embed.{split}.masks": info["masks"],
-                         **{f"embed.{split}.images_{k}": v for k, v in info["counts"].items()}})
+                         f"embed.{split}.dropped_masks": dropped,
+                         **{f"embed.{split}.images_{status}": n for status, n in counts.items()}})
 
 
 def run_tuss(cfg: TussConfig) -> dict:
@@ -91,6 +94,7 @@ def run_tuss(cfg: TussConfig) -> dict:
 
     prep = prepare(cfg)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    require_gpus(cfg.pool.gpus_per_actor, "pool.gpus_per_actor")
     torch.set_num_threads(cfg.threads)
     sup = cfg.supervision
     run_name = cfg.tracking.run_name or generated_run_name("tuss", sup.kind, cfg.embed.method)
@@ -128,6 +132,7 @@ def run_table(cfg: TussConfig) -> dict:
 
     prep = prepare(cfg, kinds=KINDS)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    require_gpus(cfg.pool.gpus_per_actor, "pool.gpus_per_actor")
     torch.set_num_threads(cfg.threads)
     kind, glcc_order = cfg.vlm.kind, cfg.classifier.glcc.order
     with tracked_run(cfg.tracking.experiment, stage="tuss-table", run_name=generated_run_name("tuss-table"),

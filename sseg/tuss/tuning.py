@@ -18,6 +18,7 @@ import numpy as np
 from sseg.errors import ConfigError, DataError
 from sseg.tuss.config import GLCCConfig
 from sseg.tuss.glcc import run_glcc
+from sseg.tuss.probe import train_probe
 from sseg.tuss.propagation import KnnGraph, knn_graph
 from sseg.tuss.supervision import Supervision
 from sseg.tuss.table import MaskTable, score
@@ -64,6 +65,9 @@ def tune_glcc(train: MaskTable, train_scores: np.ndarray, supervision_for: Calla
     one_pass = order[-1] == "propagation" and (len(order) == 1 or order[-2] == "probe")
     keys = [k for k in grid if k != "weight"] + ([] if one_pass else ["weight"])
     graphs: dict[tuple[int, float], KnnGraph] = {}
+    first = None
+    if order[0] == "probe":  # trained on the initial labels alone: the same at every grid point
+        first = train_probe(fit.embeddings, supervision.fill(train_scores[~held_rows]), fit.area, cfg.probe)
     trials, best, best_score = [], cfg, -np.inf
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = {k: (int(v) if k == "k" else float(v)) for k, v in zip(keys, values)}
@@ -74,7 +78,7 @@ def tune_glcc(train: MaskTable, train_scores: np.ndarray, supervision_for: Calla
                 graphs[(prop.k, prop.gamma)] = knn_graph(fit.embeddings, prop.k, prop.gamma)
             graph = graphs[(prop.k, prop.gamma)]
         result = run_glcc(fit.embeddings, fit.area, supervision, train_scores[~held_rows], held.embeddings,
-                          cfg.model_copy(update={"propagation": prop}), graph=graph)
+                          cfg.model_copy(update={"propagation": prop}), graph=graph, first_probe=first)
         for weight in (weights if one_pass else [prop.weight]):
             scores = result.last_prior + weight * result.last_votes if one_pass else result.test_scores
             metrics = score(held, scores.argmax(axis=1), num_classes)
