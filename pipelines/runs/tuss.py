@@ -73,9 +73,13 @@ def setting_for(cfg: TussConfig, prep: Prepared, train: SplitData, kind: str, or
                    if kind == "weak" else None)
 
 
-def classify(cfg: TussConfig, train: SplitData, val: SplitData, setting: Setting, num_classes: int) -> dict:
+def classify(cfg: TussConfig, train: SplitData, val: SplitData, setting: Setting, num_classes: int,
+             chosen: dict | None = None) -> dict:
+    """``chosen``: propagation settings already chosen for this supervision (no search then)."""
     c = cfg.classifier
-    return run_setting(setting, train, val, c.glcc, num_classes, tune=c.tune, grid=c.grid,
+    glcc = c.glcc if chosen is None else c.glcc.model_copy(
+        update={"propagation": c.glcc.propagation.model_copy(update=chosen)})
+    return run_setting(setting, train, val, glcc, num_classes, tune=c.tune and chosen is None, grid=c.grid,
                        holdout_fraction=c.holdout_fraction, seed=c.seed)
 
 
@@ -115,12 +119,17 @@ def run_tuss(cfg: TussConfig) -> dict:
     return {**summary, "mlflow_run_id": tracker.run_id}
 
 
-def _cell(cfg, prep, parent_id: str, name: str, train: SplitData, val: SplitData, setting: Setting) -> dict:
+def _cell(cfg, prep, parent_id: str, name: str, train: SplitData, val: SplitData, setting: Setting,
+          chosen: dict) -> dict:
+    """One cell as a nested run. The propagation settings are searched once per supervision kind (its first
+    cell with a propagation step) and kept in ``chosen`` for the kind's later cells (Table 7, label noise)."""
     with tracked_run(cfg.tracking.experiment, stage=STAGE, run_name=f"{parent_id[:8]}-{name}",
                      parent_run_id=prep.parent_run_id,
                      tags={**prep.tags, "mlflow.parentRunId": parent_id, "sseg.table_cell": name,
                            "sseg.supervision": setting.kind}) as run:
-        result = classify(cfg, train, val, setting, len(prep.class_names))
+        result = classify(cfg, train, val, setting, len(prep.class_names), chosen.get(setting.kind))
+        if "propagation" in setting.order and setting.kind not in chosen:
+            chosen[setting.kind] = {k: result[k] for k in ("alpha", "k", "weight")}
         run.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float)) and np.isfinite(v)})
     print(f"[sseg] {name}: F1 {100 * result['f1']:.1f} mIoU {100 * result['miou']:.1f}", flush=True)
     return {k: v for k, v in result.items() if k not in ("predicted", "per_class_iou", "trials")}
@@ -142,7 +151,7 @@ def run_table(cfg: TussConfig) -> dict:
         for method in (BASELINE[kind], DBA[kind]):
             embed = cfg.embed.model_copy(update={"method": method})
             data[method] = embed_splits(cfg, prep, embed)[:2]
-        main_rows = []
+        main_rows, chosen = [], {}
         for row, method, order in ((f"{BASELINE[kind]} + probe", BASELINE[kind], ("probe",)),
                                    ("+ DBA + probe", DBA[kind], ("probe",)), ("+ DBA + GLCC", DBA[kind], glcc_order)):
             train, val = data[method]
@@ -151,17 +160,17 @@ def run_table(cfg: TussConfig) -> dict:
                 if k == "open_vocabulary" and "propagation" in order:
                     continue  # GLCC has nothing to train on without supervision
                 cells[k] = _cell(cfg, prep, parent.run_id, f"{row} [{k}]", train, val,
-                                 setting_for(cfg, prep, train, k, order))
+                                 setting_for(cfg, prep, train, k, order), chosen)
             main_rows.append({"row": row, "cells": cells})
         train, val = data[DBA[kind]]
         order_rows = [{"row": name, "cells": {"weak": _cell(cfg, prep, parent.run_id, f"order {name} [weak]", train,
-                                                            val, setting_for(cfg, prep, train, "weak", order))}}
+                                                            val, setting_for(cfg, prep, train, "weak", order), chosen)}}
                       for name, order in TABLE7.items()]
         noise_rows = []
         for noise in ("uniform", "confusion"):
             for name, order in (("probe", ("probe",)), ("GLCC", glcc_order)):
                 cells = {f"{r:.0%}": _cell(cfg, prep, parent.run_id, f"full {noise} noise {r:.0%} {name}", train, val,
-                                           setting_for(cfg, prep, train, "full", order, r, noise))
+                                           setting_for(cfg, prep, train, "full", order, r, noise), chosen)
                          for r in (0.0, *NOISE_RATES)}
                 noise_rows.append({"row": f"{name}, {noise} noise", "cells": cells})
         tables = {"table5": markdown_table(main_rows, list(KINDS)), "table7": markdown_table(order_rows, ["weak"]),
