@@ -22,7 +22,7 @@ from sseg.errors import CheckpointError
 
 open_clip = pytest.importorskip("open_clip")
 
-OPENAI_EXTRA = {"input_resolution": 224, "context_length": 77, "vocab_size": 49408}
+from paper_weights import OPENAI_EXTRA, save_openai_clip  # noqa: E402 - after the importorskip
 
 
 @pytest.fixture(scope="session")
@@ -37,22 +37,7 @@ def clip_files(tmp_path_factory):
     torch.save({"epoch": 32, "name": "laion-run", "state_dict": {f"module.{k}": v for k, v in state.items()}},
                out / "open_clip_epoch.pt")
 
-    quick = open_clip.create_model("ViT-B-16-quickgelu").eval()
-    quick.load_state_dict(state)
-    quick.half()
-    mask = quick.attn_mask  # OpenAI's archive keeps the causal mask out of its state dict
-    del quick._buffers["attn_mask"]
-    quick.attn_mask = mask
-    for key, value in OPENAI_EXTRA.items():
-        if hasattr(quick, key):
-            delattr(quick, key)
-        quick.register_buffer(key, torch.tensor(value))
-    image = torch.zeros(1, 3, 224, 224, dtype=torch.half)
-    text = torch.zeros(1, 77, dtype=torch.long)
-    with torch.no_grad():
-        traced = torch.jit.trace_module(quick, {"encode_image": (image,), "encode_text": (text,)},
-                                        check_trace=False)
-    traced.save(str(out / "openai.pt"))
+    save_openai_clip(out / "openai.pt", state)
     # the references: the same weights (fp16-rounded for OpenAI's file) in each activation
     reference_quick = open_clip.create_model("ViT-B-16-quickgelu").eval()
     reference_quick.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in state.items()})

