@@ -14,7 +14,7 @@ import torch
 
 from pipelines.inputs.semivl import semivl_deviations
 from pipelines.runs.pretrain import pretrain_deviations
-from pipelines.runs.self_train import self_train_deviations
+from pipelines.inputs.self_train import self_train_deviations
 from pipelines.tracking import deviation_tags
 from schemas.configs import PretrainConfig, SelfTrainConfig, SemiVLConfig
 from sseg.config import load_config

@@ -13,6 +13,7 @@ from pipelines.evaluation.report import background_classes_of, evaluate_protocol
 from pipelines.io.pseudo_label_cache import PseudoLabelCache, pseudo_label_identity
 from pipelines.io.runtime import init_ray, require_gpus
 from pipelines.lineage import resolve_parent
+from pipelines.inputs.self_train import self_train_deviations
 from pipelines.tracking import deviation_tags
 from pipelines.training import trainer
 from pipelines.training.self_train_step import build_self_train_step
@@ -184,31 +185,3 @@ def evaluate_pair(cfg: SelfTrainConfig, tracker, plus_checkpoint: str, parent_ch
     tracker.log_metrics({"sseg_miou": result["sseg_miou"], "sseg_plus_miou": result["sseg_plus_miou"],
                          "gain": result["gain"]})
     return result
-
-
-def self_train_deviations(cfg: SelfTrainConfig, segment: dict) -> list[str]:
-    """The choices of this config that differ from the paper (the MLflow tag ``sseg.deviation``);
-    ``segment``: the pseudo-labels' inference settings."""
-    deviations = []
-    if not cfg.model.backbone_checkpoint:
-        deviations.append("ViT backbone randomly initialised (no MAE weights given; the paper uses MAE)")
-    if cfg.train.class_balance != "none":
-        deviations.append(f"class-balanced cross-entropy ({cfg.train.class_balance}; the paper: plain)")
-    if segment.get("flip") or list(segment.get("scales", [1.0])) != [1.0]:
-        deviations.append(f"pseudo-labels with test-time augmentation (flip={segment.get('flip')}, "
-                          f"scales={list(segment.get('scales', [1.0]))})")
-    if cfg.train.augment != "mmseg":
-        deviations.append("random resized crops, not mmseg's resize/crop/photometric pipeline (train.augment)")
-    if not cfg.model.aux_head:
-        deviations.append("no auxiliary FCN head (BEiT/MAE's UperNet: weight 0.4; model.aux_head)")
-    if cfg.pseudo_labels.confidence_threshold > 0:
-        deviations.append(f"pseudo-labels under confidence {cfg.pseudo_labels.confidence_threshold} ignored (paper: 0)")
-    m = cfg.model
-    if (m.embed_dim, m.depth, m.patch_size, m.image_size) != (768, 12, 16, 512):
-        deviations.append(f"ViT {m.embed_dim}x{m.depth}/{m.patch_size} at {m.image_size} px (the paper: ViT-B/16 "
-                          "at 512)")
-    if m.channels != 768:
-        deviations.append(f"UperNet head width {m.channels} (BEiT/MAE's UperNet: 768)")
-    if cfg.train.use_gpu and cfg.train.num_workers > 1 and not m.sync_bn:
-        deviations.append("batch norm not synchronised over the GPUs (model.sync_bn; the paper: SyncBN)")
-    return deviations
