@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,3 +81,17 @@ def test_private_ray_apis_only_in_ray_private() -> None:
              for p in sorted((ROOT / layer).rglob("*.py")) if p.name != "ray_private.py"
              for m in markers if m in p.read_text()]
     assert not wrong, wrong
+
+
+def test_readme_is_a_user_guide_that_names_every_job_and_config() -> None:
+    """The README stays short (tables, run ids and logs live in docs/) and names every job and paper config."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 180
+    jobs = [p.stem for p in (ROOT / "jobs").glob("*.py") if not p.stem.startswith("_")]
+    missing = [j for j in jobs if f"jobs/{j}.py" not in readme and f"`{j}`" not in readme]
+    assert not missing, missing
+    named = set(re.findall(r"[\w.]+\.yaml", readme))
+    for prefix, options, suffix in re.findall(r"(\w+)\{([\w,]+)\}(\.yaml)", readme):  # self_train_{voc,coco}.yaml
+        named.update(f"{prefix}{option}{suffix}" for option in options.split(","))
+    unnamed = [p.name for p in (ROOT / "configs").glob("*.yaml") if p.name not in named]
+    assert not unnamed, unnamed
