@@ -495,7 +495,7 @@ class SelfTrainEvalConfig(StrictModel):
 
 
 class SelfTrainConfig(StrictModel):
-    """S-Seg+ (seed 004 sec. 3.3.4): pseudo-label the target's train images with an S-Seg checkpoint,
+    """S-Seg+ (S-Seg paper, sec. 3.3.4): pseudo-label the target's train images with an S-Seg checkpoint,
     train UperNet-ViT on them, evaluate both. Defaults = the embedded CPU run on the world."""
 
     # S-Seg checkpoint path or MLflow run id; None: the newest finished run of pretrain_experiment that holds

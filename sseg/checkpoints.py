@@ -38,10 +38,9 @@ class DataPosition:
     all workers together since step 0. On resume the loop re-opens epoch ``epoch`` and skips its first
     ``batches_in_epoch`` batches on every worker, so the epoch boundaries, the samples seen per epoch
     and the epoch number logged with each step are those of an uninterrupted run. The skipped batches
-    are read and dropped (data-loading time, no training). Which samples they are follows the
-    dataset's order in that epoch; the training datasets shuffle their files and crops afresh on every
-    pass (not seeded), so after a resume the rest of the epoch is drawn from a new shuffle of the
-    epoch's data — the position is exact in count, not in sample identity.
+    are read and dropped (data-loading time, no training). With seeded data (``train.deterministic_data``,
+    the default) the epoch's order and crops are those of the uninterrupted run, so the resumed run sees the
+    same samples; without it the rest of the epoch comes from a fresh shuffle — exact in count only.
     """
 
     epoch: int = 0
