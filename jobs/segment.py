@@ -38,7 +38,7 @@ def main(argv=None) -> int:
                          | ({"log_mlflow": True} if args.log_mlflow else {}))
     result = run_segment(cfg)
     emit_result(result)
-    return 0 if result["images"] or not cfg.images else 2
+    return 0 if result["images"] else 2
 
 
 if __name__ == "__main__":

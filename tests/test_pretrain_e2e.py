@@ -209,7 +209,10 @@ def test_segment_job_writes_overlays_for_world_and_real_photo(trained, workdir, 
     assert main(["--checkpoint", trained["checkpoint"], "--classes", "ball;sphere,tree,sky,grass",
                  "--out", str(out), str(world_image), str(photo), str(gray), str(broken),
                  "--set", "short_side=64", "window=64", "stride=32"]) == 0
-    result = _last_json(capsys)
+    captured = capsys.readouterr()
+    assert captured.out.strip().count("\n") == 0  # stdout: the JSON line alone; skips and progress on stderr
+    assert "warning: skipping" in captured.err and "broken.jpg" in captured.err
+    result = json.loads(captured.out.strip())
     assert result["images"] == 3 and result["skipped"] == {"undecodable": 1}
     labels = Image.open(out / "photo_labels.png")
     assert labels.mode == "P" and labels.size == Image.open(photo).size
@@ -226,6 +229,8 @@ def test_segment_rejects_empty_and_duplicate_classes(trained):
         main(["--checkpoint", trained["checkpoint"], "--classes", "", "x.jpg"])
     with pytest.raises(ConfigError, match="listed twice"):
         main(["--checkpoint", trained["checkpoint"], "--classes", "cat,cat", "x.jpg"])
+    with pytest.raises(ConfigError, match="no images to segment"):
+        main(["--checkpoint", trained["checkpoint"], "--classes", "cat,dog"])
 
 
 def test_gpu_request_on_a_cpu_cluster_fails_early(ray_session, workdir, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -49,6 +50,8 @@ def run_segment(cfg: SegmentJobConfig) -> dict:
         raise ConfigError("config field 'checkpoint' is required (a checkpoint path or an MLflow run id)")
     if cfg.classes is None:
         raise ConfigError("config field 'classes' is required (e.g. \"cat,dog,grass\")")
+    if not cfg.images:
+        raise ConfigError("no images to segment: give image paths (jobs/segment.py ... photo.jpg) or images=[...]")
     classes = parse_class_definitions(cfg.classes)  # empty / duplicate names: one-line ConfigError
     try:
         seg_cfg = SegmentConfig.model_validate(cfg.segment)
@@ -72,12 +75,12 @@ def run_segment(cfg: SegmentJobConfig) -> dict:
             except (OSError, DataError) as exc:
                 reason = "unreadable" if isinstance(exc, OSError) else "undecodable"
                 skipped[reason] = skipped.get(reason, 0) + 1
-                print(f"warning: skipping {path}: {str(exc).splitlines()[0]}", flush=True)
+                print(f"warning: skipping {path}: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
                 continue
             labels = segmenter.predict(image, return_scores=False).labels
             _, overlay_path = write_outputs(out_dir, Path(path).stem, image, labels, segmenter.class_names)
             written.append(str(overlay_path))
-            print(f"[sseg] {path}: {image.shape[1]}x{image.shape[0]} → {overlay_path}", flush=True)
+            print(f"[sseg] {path}: {image.shape[1]}x{image.shape[0]} → {overlay_path}", file=sys.stderr, flush=True)
             if tracker is not None:
                 tracker.log_artifact(overlay_path, "overlays")
     return {"images": len(written), "skipped": skipped, "out_dir": str(out_dir),
