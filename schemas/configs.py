@@ -599,8 +599,9 @@ class TussClassifierConfig(StrictModel):
     glcc: GLCCConfig = GLCCConfig(probe=ProbeConfig(epochs=10, warmup_epochs=1))
     tune: bool = True
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    # weight 0: the last probe's scores alone for new masks (the search may find the votes do not help)
     grid: dict[str, list[float]] = Field(default_factory=lambda: {"alpha": [0.5, 0.9, 0.99], "k": [10, 50],
-                                                                 "weight": [0.5, 1.0, 2.0, 4.0]})
+                                                                 "weight": [0.0, 0.5, 1.0, 2.0, 4.0]})
     zero_shot_scale: float | None = Field(default=None, gt=0)  # None: the VLM's own (CLIP: 100)
     seed: int = 0
 

@@ -237,3 +237,13 @@ def test_a_given_first_probe_is_the_one_training_would_give():
     a = run_glcc(train_x, area, sup, zero, test_x, cfg)
     b = run_glcc(train_x, area, sup, zero, test_x, cfg, first_probe=first)
     np.testing.assert_allclose(a.test_scores, b.test_scores, rtol=1e-6)
+
+
+def test_glcc_cleans_noisy_pseudo_labels():
+    train_x, _, train_y, _, full = _noisy_setting(rate=0.4, seed=1)
+    sup = Supervision("noisy", 4, proportions=full.proportions)
+    cfg = GLCCConfig(probe=ProbeConfig(epochs=10, batch_size=64), propagation=PropagationConfig(k=10, k_bar=10))
+    out = run_glcc(train_x, np.ones(len(train_x)), sup, np.zeros((len(train_x), 4)), train_x[:5], cfg)
+    before = (out.labels_before.argmax(1) == train_y).mean()
+    after = (out.labels_after.argmax(1) == train_y).mean()
+    assert before == pytest.approx(0.6, abs=0.01) and after > before + 0.15, (before, after)

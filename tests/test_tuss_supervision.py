@@ -117,3 +117,12 @@ def test_noisy_full_labels_turn_corrupted_masks_one_hot():
     assert not changed[0] and changed.sum() == round(0.5 * 29)
     assert np.all(y[changed].sum(1) == 1) and np.all(y[changed].argmax(1) != props[changed].argmax(1))
     np.testing.assert_array_equal(y[~changed], props[~changed])
+
+
+def test_noisy_labels_start_the_bootstrap_and_are_then_replaced_by_scores():
+    noisy = np.eye(3, dtype=np.float32)[[0, 1, 2, 1]]
+    sup = Supervision("noisy", 3, proportions=noisy)
+    np.testing.assert_array_equal(sup.initial(SCORES), noisy)  # not the zero-shot scores
+    np.testing.assert_allclose(sup.fill(2 * SCORES), SCORES / SCORES.sum(1, keepdims=True), rtol=1e-6)
+    full = Supervision("full", 3, proportions=PROPORTIONS)
+    np.testing.assert_array_equal(full.initial(SCORES), PROPORTIONS)

@@ -122,14 +122,16 @@ def run_tuss(cfg: TussConfig) -> dict:
 def _cell(cfg, prep, parent_id: str, name: str, train: SplitData, val: SplitData, setting: Setting,
           chosen: dict) -> dict:
     """One cell as a nested run. The propagation settings are searched once per supervision kind (its first
-    cell with a propagation step) and kept in ``chosen`` for the kind's later cells (Table 7, label noise)."""
+    cell with a propagation step; noisy labels count as a kind) and kept in ``chosen`` for the kind's later
+    cells (Table 7, the other noise rates)."""
     with tracked_run(cfg.tracking.experiment, stage=STAGE, run_name=f"{parent_id[:8]}-{name}",
                      parent_run_id=prep.parent_run_id,
                      tags={**prep.tags, "mlflow.parentRunId": parent_id, "sseg.table_cell": name,
                            "sseg.supervision": setting.kind}) as run:
-        result = classify(cfg, train, val, setting, len(prep.class_names), chosen.get(setting.kind))
-        if "propagation" in setting.order and setting.kind not in chosen:
-            chosen[setting.kind] = {k: result[k] for k in ("alpha", "k", "weight")}
+        key = "noisy" if setting.noise_rate > 0 else setting.kind
+        result = classify(cfg, train, val, setting, len(prep.class_names), chosen.get(key))
+        if "propagation" in setting.order and key not in chosen:
+            chosen[key] = {k: result[k] for k in ("alpha", "k", "weight")}
         run.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float)) and np.isfinite(v)})
     print(f"[sseg] {name}: F1 {100 * result['f1']:.1f} mIoU {100 * result['miou']:.1f}", flush=True)
     return {k: v for k, v in result.items() if k not in ("predicted", "per_class_iou", "trials")}

@@ -97,11 +97,10 @@ class EmbedChunk:
         self.splits, self.num_classes = splits, num_classes
 
     def row(self, split: int, index: int, chunk: int) -> dict:
+        from sseg.data.readers.base import read_image
         from sseg.tuss.masks import MaskSkip
         from sseg.tuss.paint import paint
         from sseg.tuss.table import mask_counts
-
-        from sseg.data.readers.base import read_image
 
         reader, with_truth = self.readers[split], self.splits[split]["with_truth"]
         if with_truth:
@@ -133,12 +132,12 @@ class EmbedChunk:
                 for index in range(int(start), int(stop))]
         # variable-length arrays travel as raw bytes (Ray Data's numpy batches want fixed shapes)
         return {name: np.asarray([r[name].tobytes() if name in ARRAYS else r[name] for r in rows],
-                                 dtype=object if name in ARRAYS or name in ("key", "status", "segments_png",
-                                                                            "cache_key") else np.int64)
+                                 dtype=object if name in ARRAYS or name in OBJECTS else np.int64)
                 for name in rows[0]}
 
 
 ARRAYS = {"area": np.int64, "embeddings": np.float32, "gt_counts": np.int64, "owned_counts": np.int64}
+OBJECTS = ("key", "status", "segments_png", "cache_key")
 
 
 def _cache_row(row: dict) -> dict:

@@ -44,13 +44,14 @@ def supervision_factory(setting: Setting, train: SplitData, num_classes: int):
     table = train.table
     if setting.kind == "full":
         proportions = table.proportions
-        if setting.noise_rate > 0:
+        if setting.noise_rate > 0:  # corrupted labels are pseudo-labels: the bootstrap may replace them
             confusion = None
             if setting.noise == "confusion":
                 known = table.true_labels >= 0
                 confusion = confusion_counts(table.true_labels[known], train.zero_shot[known].argmax(1), num_classes)
-            proportions, _ = noisy_full_labels(proportions, setting.noise_rate,
-                                               np.random.default_rng(setting.noise_seed), confusion)
+            noisy, _ = noisy_full_labels(proportions, setting.noise_rate, np.random.default_rng(setting.noise_seed),
+                                         confusion)
+            return lambda rows: Supervision("noisy", num_classes, proportions=noisy[rows])
         return lambda rows: Supervision("full", num_classes, proportions=proportions[rows])
     if setting.kind == "semi":
         if setting.labeled_images is None:

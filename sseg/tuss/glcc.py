@@ -10,7 +10,8 @@ masks' current scores. Each step of ``order`` trains on ``Y``:
   supervision filled in by ``Y*`` (rows normalised).
 
 The paper's GLCC is ``probe, propagation, probe, propagation``; Table 7's rows are other orders (``probe``
-alone is the baseline). Full supervision fills in nothing, so its ``Y`` stays the ground truth.
+alone is the baseline). Full supervision fills in nothing, so its ``Y`` stays the ground truth; noisy labels
+(``Supervision("noisy")``) are pseudo-labels and are replaced like any other.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def run_glcc(train_x: np.ndarray, train_area: np.ndarray, supervision: Supervisi
     if len(train_x) != len(initial_scores):
         raise DataError(f"{len(train_x)} training embeddings but {len(initial_scores)} score rows")
     seconds = {"probe": 0.0, "graph": 0.0, "propagation": 0.0}
-    y = supervision.fill(initial_scores)
+    y = supervision.initial(initial_scores)
     before = y.copy()
     test_scores: np.ndarray | None = None
     prior = votes = None

@@ -5,7 +5,10 @@
   rows scaled so that labelled and unlabelled hold the same total mass (1:1);
 * **weak**: class scores restricted to the image's labels, each class max-normalised over the image's masks
   (the image's best mask for a class gets 1);
-* **open vocabulary**: the zero-shot argmax; nothing is trained.
+* **open vocabulary**: the zero-shot argmax; nothing is trained;
+* **noisy** (the label-noise study): corrupted mask labels taken as pseudo-labels — the bootstrap starts from
+  them and, like every pseudo-label, replaces them by what the previous step found (its scores, rows
+  normalised). Clean full supervision is never replaced (the paper resets it to the ground truth).
 
 The *scores* start as CLIP's zero-shot softmax (cosine × 100); GLCC's bootstrap fills the same
 supervision in again with the probe's or the propagation's scores (:meth:`Supervision.fill`). Full
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 from sseg.errors import DataError
 
-SupervisionKind = Literal["full", "semi", "weak", "open_vocabulary"]
+SupervisionKind = Literal["full", "semi", "weak", "open_vocabulary", "noisy"]
 
 
 def zero_shot_scores(embeddings: np.ndarray | torch.Tensor, text_embeddings: np.ndarray | torch.Tensor,
@@ -74,7 +77,7 @@ class Supervision:
     image_labels: np.ndarray | None = None  # bool [images, C] (weak)
 
     def __post_init__(self) -> None:
-        need = {"full": ("proportions",), "semi": ("proportions", "labelled"),
+        need = {"full": ("proportions",), "noisy": ("proportions",), "semi": ("proportions", "labelled"),
                 "weak": ("image_index", "image_labels"), "open_vocabulary": ()}[self.kind]
         for field in need:
             if getattr(self, field) is None:
@@ -84,12 +87,20 @@ class Supervision:
             if value is not None and value.shape[-1] != self.num_classes:
                 raise DataError(f"{field} has {value.shape[-1]} classes, the class list {self.num_classes}")
 
+    def initial(self, zero_shot: np.ndarray) -> np.ndarray:
+        """The soft labels the bootstrap starts from: the supervision filled in by the zero-shot scores (the
+        noisy labels themselves for ``noisy``)."""
+        return self.proportions.astype(np.float32) if self.kind == "noisy" else self.fill(zero_shot)
+
     def fill(self, scores: np.ndarray) -> np.ndarray:
         """The soft labels ``Y [N, C]`` with the supervision's gaps filled in by ``scores`` (rows: class scores)."""
         if scores.shape[-1] != self.num_classes:
             raise DataError(f"scores have {scores.shape[-1]} classes, the class list {self.num_classes}")
         if self.kind == "full":
             return self.proportions.astype(np.float32)
+        if self.kind == "noisy":
+            total = scores.sum(axis=1, keepdims=True)
+            return np.divide(scores, total, out=np.zeros_like(scores, dtype=np.float32), where=total > 0)
         if self.kind == "semi":
             return semi_labels(self.proportions, scores, self.labelled)
         if self.kind == "weak":

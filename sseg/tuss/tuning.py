@@ -67,7 +67,7 @@ def tune_glcc(train: MaskTable, train_scores: np.ndarray, supervision_for: Calla
     graphs: dict[tuple[int, float], KnnGraph] = {}
     first = None
     if order[0] == "probe":  # trained on the initial labels alone: the same at every grid point
-        first = train_probe(fit.embeddings, supervision.fill(train_scores[~held_rows]), fit.area, cfg.probe)
+        first = train_probe(fit.embeddings, supervision.initial(train_scores[~held_rows]), fit.area, cfg.probe)
     trials, best, best_score = [], cfg, -np.inf
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = {k: (int(v) if k == "k" else float(v)) for k, v in zip(keys, values)}
