@@ -583,6 +583,9 @@ class TussSupervisionConfig(StrictModel):
     noise_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     noise: Literal["uniform", "confusion"] = "uniform"
     noise_seed: int = 0
+    # true: the corrupted labels are pseudo-labels that GLCC's bootstrap replaces (as it does semi / weak
+    # ones); false: they stay the supervision (the paper's rule for full supervision: one round, Y kept)
+    noise_refill: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> "TussSupervisionConfig":

@@ -178,15 +178,15 @@ def test_tuss_table_prints_the_tables_with_nested_runs(ray_session, tiny_world, 
     assert job.main(args) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
-    for row in ("| pooled + probe |", "| + DBA + probe |", "| + DBA + GLCC |", "| LP→IL→LP→IL |",
-                "| GLCC, confusion noise |"):
+    for row in ("| pooled + probe |", "| + DBA + probe |", "| + DBA + GLCC |", "| pooled + GLCC (the configured "
+                "embedding) |", "| LP→IL→LP→IL |", "| GLCC, confusion noise |"):
         assert row in out, row
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(result["mlflow_run_id"])
     assert parent.data.tags["sseg.stage"] == "tuss-table" and parent.data.tags["sseg.parent_run_id"] == PARENT
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=100)
-    assert len(children) == 3 * 4 - 1 + 7 + 2 * 2 * 4
+    assert len(children) == 3 * 4 - 1 + 3 + 7 + 2 * 2 * 4
     assert all(c.info.status == "FINISHED" and "miou" in c.data.metrics for c in children)
     tables = json.loads((tmp_path / "runs" / f"tuss-table-{parent.info.run_id[:8]}" / "table.json").read_text())
     assert set(tables["main"][2]["cells"]) == {"full", "semi", "weak"}  # GLCC trains nothing without supervision
