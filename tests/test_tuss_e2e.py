@@ -66,6 +66,13 @@ def test_tuss_weak_from_captions_end_to_end_and_resume(ray_session, tiny_world, 
     again = json.loads(out.strip().splitlines()[-1])
     assert "(train): 2 of 2 chunks already" in out and "(val): 3 of 3 chunks already" in out
     assert again["miou"] == pytest.approx(result["miou"]) and again["f1"] == pytest.approx(result["f1"])
+    # an interrupted cache (a chunk without its done marker) redoes that chunk only
+    marker = next((tmp_path / "cache").glob("world-train-*/_done/chunk-00001.json"))
+    marker.unlink()
+    assert job.main(_overrides(tiny_world, tmp_path, checkpoint)) == 0
+    out = capsys.readouterr().out
+    assert "(train): 1 of 2 chunks already" in out and "(val): 3 of 3 chunks already" in out
+    assert json.loads(out.strip().splitlines()[-1])["miou"] == pytest.approx(result["miou"])
 
 
 def _run_bad(args, capsys):
