@@ -15,11 +15,10 @@ from __future__ import annotations
 import _bootstrap  # noqa: F401
 
 import sseg  # noqa: F401
-from pipelines.cli import job_parser, parse_job_config, run_job
+from pipelines.cli import job_parser, parse_job_config, run_job, take_subcommand
 from pipelines.runs.semivl import run_ablation, run_semivl
 from pipelines.tracking import emit_result
 from schemas.configs import SemiVLConfig
-from sseg.errors import ConfigError
 
 
 def main(argv=None) -> int:
@@ -27,11 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", metavar="RUN_NAME|latest",
                         help="continue a stopped run from its latest checkpoint, logging to its MLflow run")
     args = parser.parse_args(argv)
-    ablation = bool(args.overrides) and args.overrides[0] == "ablation"
-    if ablation:
-        args.overrides = args.overrides[1:]
-    if ablation and args.resume:
-        raise ConfigError("--resume continues one run; the ablation starts new ones")
+    ablation = take_subcommand(args, "ablation")
     cfg = parse_job_config(SemiVLConfig, args)
     emit_result(run_ablation(cfg) if ablation else run_semivl(cfg, resume=args.resume))
     return 0

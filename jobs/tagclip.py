@@ -17,11 +17,10 @@ from __future__ import annotations
 import _bootstrap  # noqa: F401
 
 import sseg  # noqa: F401
-from pipelines.cli import job_parser, parse_job_config, run_job
+from pipelines.cli import job_parser, parse_job_config, run_job, take_subcommand
 from pipelines.runs.tagclip import run_ablation, run_tagclip
 from pipelines.tracking import emit_result
 from schemas.configs import TagCLIPConfig
-from sseg.errors import ConfigError
 
 
 def main(argv=None) -> int:
@@ -29,11 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", metavar="RUN_NAME|latest",
                         help="continue a stopped run from its latest checkpoint, logging to its MLflow run")
     args = parser.parse_args(argv)
-    ablation = bool(args.overrides) and args.overrides[0] == "ablation"
-    if ablation:
-        args.overrides = args.overrides[1:]
-    if ablation and args.resume:
-        raise ConfigError("--resume continues one run; the ablation starts new ones")
+    ablation = take_subcommand(args, "ablation")
     cfg = parse_job_config(TagCLIPConfig, args)
     emit_result(run_ablation(cfg) if ablation else run_tagclip(cfg, resume=args.resume))
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import _bootstrap  # noqa: F401
 
 import sseg  # noqa: F401
-from pipelines.cli import job_parser, parse_job_config, run_job
+from pipelines.cli import job_parser, parse_job_config, run_job, take_subcommand
 from pipelines.runs.tuss import run_table, run_tuss
 from pipelines.tracking import emit_result
 from schemas.configs import TussConfig
@@ -23,9 +23,7 @@ from schemas.configs import TussConfig
 
 def main(argv=None) -> int:
     args = job_parser(__doc__.splitlines()[0]).parse_args(argv)
-    table = bool(args.overrides) and args.overrides[0] == "table"
-    if table:
-        args.overrides = args.overrides[1:]
+    table = take_subcommand(args, "table")
     cfg = parse_job_config(TussConfig, args)
     emit_result(run_table(cfg) if table else run_tuss(cfg))
     return 0

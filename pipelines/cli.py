@@ -8,7 +8,7 @@ import sys
 from typing import Callable, Sequence, TypeVar
 
 from sseg.config import StrictModel, load_config
-from sseg.errors import SsegError
+from sseg.errors import ConfigError, SsegError
 
 T = TypeVar("T", bound=StrictModel)
 
@@ -19,6 +19,17 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="section.field=value",
                         help="override config fields, e.g. train.steps=100")
     return parser
+
+
+def take_subcommand(args: argparse.Namespace, name: str) -> bool:
+    """True (and removed from the overrides) when the job was called as ``jobs/x.py <name> …``; a subcommand
+    starts new runs, so it refuses ``--resume``."""
+    if not (args.overrides and args.overrides[0] == name):
+        return False
+    args.overrides = args.overrides[1:]
+    if getattr(args, "resume", None):
+        raise ConfigError(f"--resume continues one run; '{name}' starts new ones")
+    return True
 
 
 def parse_job_config(cls: type[T], args: argparse.Namespace) -> T:

@@ -6,6 +6,7 @@ stage and ``jobs/evaluate.py`` report through :func:`log_report` (one protocol) 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -124,3 +125,15 @@ def evaluate_protocols(tracker: Tracker, models: list[tuple[str, str | Path, str
                 tracker.log_metrics({f"{prefix}.bg_clamped_images_{name}": out["bg_clamped"]})
             results[key][name] = report
     return results
+
+
+def save_table(tracker: Tracker, out_dir: Path, name: str, markdown: str, data) -> Path:
+    """A results table (ablation, comparison) printed, written as ``<name>.md`` + ``<name>.json`` into
+    ``out_dir`` and logged as artifacts of ``tracker``'s run; returns the Markdown file."""
+    print(markdown, flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.md").write_text(markdown + "\n")
+    (out_dir / f"{name}.json").write_text(json.dumps(data, indent=1, default=float))
+    tracker.log_artifact(out_dir / f"{name}.md")
+    tracker.log_artifact(out_dir / f"{name}.json")
+    return out_dir / f"{name}.md"

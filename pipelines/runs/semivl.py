@@ -5,13 +5,12 @@ run each under one parent run, and the comparison table."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.evaluation.report import log_report
+from pipelines.evaluation.report import log_report, save_table
 from pipelines.inputs.semivl import Prepared, prepare
 from pipelines.io.runtime import init_ray
 from pipelines.stages.batch_inference import run_evaluation
@@ -152,15 +151,9 @@ def run_ablation(cfg: SemiVLConfig) -> dict:
                                                                      "train_seconds", "mlflow_run_id")}})
             parent.log_metrics({f"row{i}.miou": result["miou"]})
             print(f"[sseg] ablation row {i}: {name}: mIoU {100 * result['miou']:.1f}", flush=True)
-        table = ablation_table(rows)
-        print(table, flush=True)
-        out = Path(cfg.storage_path).resolve() / f"semivl-ablation-{stamp}"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "ablation.md").write_text(table + "\n")
-        (out / "ablation.json").write_text(json.dumps(rows, indent=1, default=float))
-        parent.log_artifact(out / "ablation.md")
-        parent.log_artifact(out / "ablation.json")
-    return {"rows": rows, "mlflow_run_id": parent.run_id, "table": str(out / "ablation.md")}
+        path = save_table(parent, Path(cfg.storage_path).resolve() / f"semivl-ablation-{stamp}", "ablation",
+                          ablation_table(rows), rows)
+    return {"rows": rows, "mlflow_run_id": parent.run_id, "table": str(path)}
 
 
 def zero_shot_miou(cfg: SemiVLConfig, prep: Prepared) -> float:

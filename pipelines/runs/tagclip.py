@@ -6,7 +6,6 @@ MLflow run each under one parent run, and the comparison table."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from pipelines.evaluation.tagclip import evaluate_tagclip
 from pipelines.inputs.tagclip import Prepared, prepare
 from pipelines.io.runtime import init_ray
 from pipelines.tracking import tracked_run
+from pipelines.evaluation.report import save_table
 from pipelines.training import trainer
 from schemas.configs import TagCLIPConfig
 from sseg.config import flatten
@@ -165,11 +165,5 @@ def run_ablation(cfg: TagCLIPConfig) -> dict:
                       f"{100 * r['miou_unseen']:.1f} hIoU {100 * r['hiou']:.1f}", flush=True)
         for j, r in enumerate(rows):
             parent.log_metrics({f"row{j}.{k}": r[k] for k, _ in COLUMNS if isinstance(r.get(k), float) and r[k] == r[k]})
-        table = ablation_table(rows)
-        print(table, flush=True)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "ablation.md").write_text(table + "\n")
-        (out / "ablation.json").write_text(json.dumps(rows, indent=1, default=float))
-        parent.log_artifact(out / "ablation.md")
-        parent.log_artifact(out / "ablation.json")
-    return {"rows": rows, "mlflow_run_id": parent.run_id, "table": str(out / "ablation.md")}
+        path = save_table(parent, out, "ablation", ablation_table(rows), rows)
+    return {"rows": rows, "mlflow_run_id": parent.run_id, "table": str(path)}

@@ -7,7 +7,6 @@ and a label-noise study, one nested MLflow run per cell under one parent run."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from pipelines.inputs.tuss import Prepared, prepare
 from pipelines.io.runtime import init_ray, require_gpus
 from pipelines.io.tuss_cache import TussCache, read_table, tuss_identity
 from pipelines.stages.tuss_embed import build_embedding_caches
+from pipelines.evaluation.report import save_table
 from pipelines.tracking import generated_run_name, tracked_run
 from schemas.configs import TussConfig
 from sseg.config import flatten
@@ -177,12 +177,6 @@ def run_table(cfg: TussConfig) -> dict:
         tables = {"table5": markdown_table(main_rows, list(KINDS)), "table7": markdown_table(order_rows, ["weak"]),
                   "noise": markdown_table(noise_rows, [f"{r:.0%}" for r in (0.0, *NOISE_RATES)])}
         text = "\n\n".join(f"### {name}\n\n{t}" for name, t in tables.items())
-        print(text, flush=True)
-        out = Path(cfg.storage_path).resolve() / f"tuss-table-{parent.run_id[:8]}"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "table.md").write_text(text + "\n")
-        (out / "table.json").write_text(json.dumps({"main": main_rows, "orders": order_rows, "noise": noise_rows},
-                                                   indent=1, default=float))
-        parent.log_artifact(out / "table.md")
-        parent.log_artifact(out / "table.json")
-    return {"table": str(out / "table.md"), "mlflow_run_id": parent.run_id}
+        path = save_table(parent, Path(cfg.storage_path).resolve() / f"tuss-table-{parent.run_id[:8]}", "table",
+                          text, {"main": main_rows, "orders": order_rows, "noise": noise_rows})
+    return {"table": str(path), "mlflow_run_id": parent.run_id}

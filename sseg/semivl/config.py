@@ -21,6 +21,13 @@ SSEG_SPATIAL_PATTERNS: tuple[str, ...] = (
     r"pixel_decoder\.top_output\.", r"pixel_decoder\.output\.")
 
 
+def vlm_context_length(vlm: str, sseg: dict | None, clip_model_cfg: dict | None) -> int:
+    """The text tower's context length of a VL model config (S-Seg's model config, or an open_clip one)."""
+    if vlm == "sseg":
+        return int(sseg.get("context_length", 77))
+    return int((clip_model_cfg or {}).get("text_cfg", {}).get("context_length", 77))
+
+
 class SemiVLModelConfig(StrictModel):
     """The SemiVL segmenter: a vision-language model (``vlm``) + a decoder head.
 
@@ -67,10 +74,7 @@ class SemiVLModelConfig(StrictModel):
 
     @property
     def context_length(self) -> int:
-        if self.vlm == "sseg":
-            return int(self.sseg.get("context_length", 77))
-        cfg = self.clip_model_cfg or {}
-        return int(cfg.get("text_cfg", {}).get("context_length", 77))
+        return vlm_context_length(self.vlm, self.sseg, self.clip_model_cfg)
 
     @property
     def spatial(self) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from sseg.config import StrictModel
+from sseg.semivl.config import vlm_context_length
 
 
 class TagCLIPModelConfig(StrictModel):
@@ -57,10 +58,7 @@ class TagCLIPModelConfig(StrictModel):
 
     @property
     def context_length(self) -> int:
-        if self.vlm == "sseg":
-            return int(self.sseg.get("context_length", 77))
-        cfg = self.clip_model_cfg or {}
-        return int(cfg.get("text_cfg", {}).get("context_length", 77))
+        return vlm_context_length(self.vlm, self.sseg, self.clip_model_cfg)
 
     @property
     def variant(self) -> str:
