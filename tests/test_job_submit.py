@@ -1,5 +1,6 @@
-"""`ray job submit` of the tiny pretraining, then of the tiny S-Seg+ run from it, against a local head
-started by scripts/local_cluster.sh; both runs land on the cluster's MLflow tracking server, linked."""
+"""`ray job submit` of the tiny pretraining, then of the tiny S-Seg+ run from it, and of the tiny SemiVL run,
+against one local head started by scripts/local_cluster.sh for the module; the runs land on the cluster's
+MLflow tracking server, linked."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def local_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    """One head + MLflow server for the module's submissions (starting one costs ~30 s on 2 cores)."""
+    tmp_path = tmp_path_factory.mktemp("local_cluster")
     env = dict(os.environ, SSEG_CLUSTER_DIR=str(tmp_path / "cluster"), RAY_PORT=str(_free_port()),
                DASHBOARD_PORT=str(_free_port()), MLFLOW_PORT=str(_free_port()), NUM_CPUS="2",
                RAY_TEMP_DIR=str(Path("/tmp") / f"ray-sseg-{os.getpid()}"))
@@ -76,6 +79,28 @@ def test_submit_tiny_pretrain_then_self_train_and_find_their_runs(local_cluster)
     run = client.get_run(plus["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["sseg.stage"] == "self-train"
     assert run.data.tags["sseg.parent_run_id"] == result["mlflow_run_id"]
+
+
+
+@pytest.mark.slow
+def test_ray_job_submit_tiny_semivl(local_cluster):
+    """`ray job submit … -- python jobs/semivl.py --config configs/semivl_tiny.yaml` against a local head
+    (the module's local head); the run lands on the cluster's MLflow."""
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    env = local_cluster
+    ray = str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv/bin/ray").exists() else "ray"
+    proc = subprocess.run(
+        [ray, "job", "submit", "--address", env["RAY_ADDRESS"], "--working-dir", ".", "--",
+         "python", "jobs/semivl.py", "--config", "configs/semivl_tiny.yaml", "tracking.run_name=submitted"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert result["steps"] == 2 and 0.0 <= result["miou"] <= 1.0
+    run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["sseg.stage"] == "semivl"
 
 
 def test_submit_without_a_cluster_fails_fast():

@@ -403,30 +403,6 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-from test_job_submit import ROOT, local_cluster  # noqa: E402,F401 - the local head fixture
-
-
-@pytest.mark.slow
-def test_ray_job_submit_tiny_semivl(local_cluster):  # noqa: F811
-    """`ray job submit … -- python jobs/semivl.py --config configs/semivl_tiny.yaml` against a local head
-    (scripts/local_cluster.sh, as tests/test_job_submit.py); the run lands on the cluster's MLflow."""
-    import subprocess
-
-    from mlflow.tracking import MlflowClient
-
-    env = local_cluster
-    ray = str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv/bin/ray").exists() else "ray"
-    proc = subprocess.run(
-        [ray, "job", "submit", "--address", env["RAY_ADDRESS"], "--working-dir", ".", "--",
-         "python", "jobs/semivl.py", "--config", "configs/semivl_tiny.yaml", "tracking.run_name=submitted"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
-    assert result["steps"] == 2 and 0.0 <= result["miou"] <= 1.0
-    run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(result["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["sseg.stage"] == "semivl"
-
-
 @pytest.mark.slow
 def test_semivl_killed_then_resume_latest_logs_no_step_twice(ray_session, tiny_world, tmp_path, mlflow_uri,
                                                              capsys):
