@@ -84,8 +84,9 @@ def test_submit_tiny_pretrain_then_self_train_and_find_their_runs(local_cluster)
 
 @pytest.mark.slow
 def test_ray_job_submit_tiny_semivl(local_cluster):
-    """`ray job submit … -- python jobs/semivl.py --config configs/semivl_tiny.yaml` against a local head
-    (the module's local head); the run lands on the cluster's MLflow."""
+    """`ray job submit … -- python jobs/semivl.py --config configs/semivl_tiny.yaml` against the module's
+    local head; the run lands on the cluster's MLflow. Its own run name: the submissions share one unpacked
+    working directory (same package), so runs/<name> of an earlier submission is there."""
     import subprocess
 
     from mlflow.tracking import MlflowClient
@@ -94,7 +95,8 @@ def test_ray_job_submit_tiny_semivl(local_cluster):
     ray = str(ROOT / ".venv" / "bin" / "ray") if (ROOT / ".venv/bin/ray").exists() else "ray"
     proc = subprocess.run(
         [ray, "job", "submit", "--address", env["RAY_ADDRESS"], "--working-dir", ".", "--",
-         "python", "jobs/semivl.py", "--config", "configs/semivl_tiny.yaml", "tracking.run_name=submitted"],
+         "python", "jobs/semivl.py", "--config", "configs/semivl_tiny.yaml",
+         "tracking.run_name=submitted-semivl"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
