@@ -123,7 +123,8 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float, int]]:
 def test_driver_killed_mid_run_resumes_with_resume_latest_in_the_same_mlflow_run(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    args = ["train.steps=30", "train.log_every=1", "train.checkpoint_every=2", "tracking.run_name=killed"]
+    steps = 10  # killed at its first checkpoint (step 2): the resumed run has 8 steps left
+    args = [f"train.steps={steps}", "train.log_every=1", "train.checkpoint_every=2", "tracking.run_name=killed"]
     run_dir = tmp_path / "runs" / "killed"
     first = _start(args, tmp_path, tmp_path / "first.log")
     try:
@@ -148,7 +149,7 @@ def test_driver_killed_mid_run_resumes_with_resume_latest_in_the_same_mlflow_run
     text = _finish(second, tmp_path / "second.log", timeout=420)
     assert second.returncode == 0, text[-3000:]
     result = _last_json(tmp_path / "second.log")
-    assert result["mlflow_run_id"] == run_id and result["steps"] == 30
+    assert result["mlflow_run_id"] == run_id and result["steps"] == steps
 
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -160,13 +161,13 @@ def test_driver_killed_mid_run_resumes_with_resume_latest_in_the_same_mlflow_run
     losses = _history(client, run_id, "train.loss")
     after = [step for step, _, ts in losses if ts >= resume_started_ms]
     # the resumed job logs every step after the checkpoint, once, in order; nothing up to the checkpoint
-    assert after == list(range(resumed_step + 1, 31))
+    assert after == list(range(resumed_step + 1, steps + 1))
     # the killed job had logged every step up to the checkpoint, each once
     upto = [step for step, _, ts in losses if ts < resume_started_ms and step <= resumed_step]
     assert upto == list(range(1, resumed_step + 1)) and set(range(1, resumed_step + 1)) <= before
     # each progress line of the resumed job printed once (Ray Train's print patch used to double it)
     lines = [m.group(0) for m in PROGRESS.finditer(text)]
-    assert len(lines) == 30 - resumed_step and len(set(lines)) == len(lines), lines
+    assert len(lines) == steps - resumed_step and len(set(lines)) == len(lines), lines
 
 
 def test_two_train_workers_on_two_cpus_keep_cpu_for_the_data_stages(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from pipelines.evaluation.report import log_report
-from pipelines.stages.batch_inference import caption_retrieval, constant_class_miou, run_evaluation
+from pipelines.stages.batch_inference import EvalVariant, caption_retrieval, constant_class_miou, run_evaluations
 from pipelines.tracking import Tracker
 
 
@@ -46,10 +46,14 @@ def evaluate_pretraining(cfg, checkpoint_dir: Path, tracker: Tracker) -> dict:
     check_class_names_encodable(class_names, cfg.eval.templates, cfg.model.context_length)
     print(f"[sseg] evaluating open-vocabulary mIoU on {cfg.eval.labeled_split} "
           f"({min(len(reader), cfg.eval.max_images)} images, {len(class_names)} class names)", flush=True)
-    trained = run_evaluation(checkpoint_dir, dataset, segment, class_names,
-                             keep_predictions=cfg.eval.pictures, **common)
     untrained_dir = _untrained_checkpoint(cfg, checkpoint_dir.parent / "untrained")
-    untrained = run_evaluation(untrained_dir, dataset, segment, class_names, **common)
+    variants = [EvalVariant(checkpoint_dir, segment, class_names, keep_predictions=cfg.eval.pictures),
+                EvalVariant(untrained_dir, segment, class_names)]
+    # open vocabulary: the same images queried with words the captions use instead of the names
+    synonyms = synonym_class_names(class_names) if cfg.world is not None else class_names
+    if synonyms != class_names:
+        variants.append(EvalVariant(checkpoint_dir, segment, synonyms, mask_quality=False))
+    trained, untrained, *renamed = run_evaluations(dataset, variants, **common)
     report = log_report(tracker, trained, class_names, world=cfg.world is not None, json_name="world_val")
     constant, constant_class = constant_class_miou(trained["confusion"])
     result = {
@@ -68,11 +72,8 @@ def evaluate_pretraining(cfg, checkpoint_dir: Path, tracker: Tracker) -> dict:
         from sseg.world import render_sample
 
         result.update({k: report[k] for k in ("miou_things", "miou_stuff", "things_iou_ge_0.1")})
-        synonyms = synonym_class_names(class_names)
-        if synonyms != class_names:
-            # open vocabulary: the same images queried with words the captions use instead of the names
-            renamed = run_evaluation(checkpoint_dir, dataset, segment, synonyms, mask_quality=False, **common)
-            result["miou_synonyms"] = renamed["confusion"].compute()["miou"]
+        if renamed:
+            result["miou_synonyms"] = renamed[0]["confusion"].compute()["miou"]
             result["synonym_class_names"] = synonyms
 
         pairs = [render_sample(cfg.world.seed, i, cfg.world, split="val")

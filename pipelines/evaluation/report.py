@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.stages.batch_inference import run_evaluation
+from pipelines.stages.batch_inference import EvalVariant, run_evaluations
 from pipelines.stages.evaluate_protocols import Protocol, build_protocol
 from pipelines.tracking import Tracker
 from sseg.errors import ConfigError
@@ -68,7 +68,7 @@ def log_pictures(tracker: Tracker, examples: list, class_names: list[str], per_c
 
 def log_report(tracker: Tracker, out: dict, class_names: list[str], *, prefix: str = "eval",
                protocol: str | None = None, exclude=(), world: bool = False, json_name: str | None = None) -> dict:
-    """Log one evaluation (``out``: :func:`run_evaluation`'s result) under ``prefix``: ``<prefix>.miou``,
+    """Log one evaluation (``out``: one result of :func:`run_evaluations`) under ``prefix``: ``<prefix>.miou``,
     ``.pixel_accuracy``, ``.images_per_s`` (each ``_<protocol>`` with a protocol), the world's
     ``.miou_things`` / ``.miou_stuff`` / ``.things_iou_ge_0.1``, ``<prefix>.[<protocol>.]iou.<class>``,
     ``<prefix>/<json_name or protocol>.json`` and the pictures. Returns those figures (+ images, skipped,
@@ -110,20 +110,23 @@ def evaluate_protocols(tracker: Tracker, models: list[tuple[str, str | Path, str
     ``{key: {protocol: log_report(...) + bg_clamped_images}}``."""
     results: dict[str, dict[str, dict]] = {key: {} for key, _, _ in models}
     names = list(reader.class_names)
+    runs, variants = [], []  # one pass scores every (protocol, model) pair
     for name in protocols:
         protocol = protocol_of(name, names, reader.background_index, background_classes)
         seg = {**segment, "bg_mode": protocol.bg_mode}
         for key, checkpoint, prefix in models:
-            out = run_evaluation(checkpoint, {**dataset, "label_map": protocol.label_map}, seg,
-                                 protocol.text_classes, background_index=protocol.background_index,
-                                 max_images=max_images, num_actors=num_actors, gpus_per_actor=gpus_per_actor,
-                                 batch_size=batch_size, keep_predictions=pictures, mask_quality=False)
-            report = log_report(tracker, out, protocol.report_names, prefix=prefix, protocol=name,
-                                exclude=protocol.exclude, world=dataset["name"] == "world")
-            if protocol.bg_mode == "threshold":
-                report["bg_clamped_images"] = out["bg_clamped"]
-                tracker.log_metrics({f"{prefix}.bg_clamped_images_{name}": out["bg_clamped"]})
-            results[key][name] = report
+            runs.append((name, protocol, key, prefix))
+            variants.append(EvalVariant(checkpoint, seg, protocol.text_classes, protocol.background_index,
+                                        protocol.label_map, mask_quality=False, keep_predictions=pictures))
+    outs = run_evaluations(dataset, variants, max_images=max_images, num_actors=num_actors,
+                           gpus_per_actor=gpus_per_actor, batch_size=batch_size)
+    for (name, protocol, key, prefix), out in zip(runs, outs):
+        report = log_report(tracker, out, protocol.report_names, prefix=prefix, protocol=name,
+                            exclude=protocol.exclude, world=dataset["name"] == "world")
+        if protocol.bg_mode == "threshold":
+            report["bg_clamped_images"] = out["bg_clamped"]
+            tracker.log_metrics({f"{prefix}.bg_clamped_images_{name}": out["bg_clamped"]})
+        results[key][name] = report
     return results
 
 

@@ -31,7 +31,9 @@ def worker_env(tracking_uri: str | None = None) -> dict[str, str]:
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              tracking_uri: str | None = None) -> None:
-    """Join the cluster in RAY_ADDRESS / ``address`` (``ray job submit`` sets it), else start one here.
+    """Join the cluster in RAY_ADDRESS / ``address`` (``ray job submit`` sets it; ``auto``: the newest
+    cluster started on this machine with ``ray start``), else start one here — never a cluster found by
+    chance on the machine (Ray's default without an address), which another job may stop mid-run.
 
     A locally started instance runs with token auth disabled only when the caller set
     ``RAY_AUTH_MODE=disabled``; it binds to 127.0.0.1 and has no dashboard unless asked.
@@ -54,7 +56,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     log.info("starting a local Ray instance (%s CPUs)", num_cpus or "all")
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls;
     # without it the cleaner logs a warning every second.
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              runtime_env=runtime_env, _node_ip_address="127.0.0.1", log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("SSEG_PROGRESS_BARS", "1") == "1"

@@ -1,15 +1,17 @@
 """Open-vocabulary evaluation as Ray Data batch inference: confusion matrices from many actors, summed.
 
-Each actor loads the checkpoint and the dataset reader once; rows are sample indices. Per batch it returns
-the open-vocabulary confusion matrix and the predicted-mask oracle matrix (each predicted mask takes its
-majority true label: the quality of the masks regardless of naming), and with background by threshold how
-many images had their threshold clamped to their best foreground probability.
-"""
+One pass scores several variants (checkpoint, inference settings, text queries, protocol) on the same
+images: each actor loads each checkpoint and the dataset reader once and reads each image once. Rows are
+sample indices. Per batch and variant it returns the open-vocabulary confusion matrix, the predicted-mask
+oracle matrix (each predicted mask takes its majority true label: the quality of the masks regardless of
+naming), and with background by threshold how many images had their threshold clamped to their best
+foreground probability."""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,113 +37,146 @@ def predicted_mask_ids(model, image: np.ndarray, size: int) -> np.ndarray:
     return masks.argmax(0).numpy().astype(np.int32)
 
 
+@dataclass(frozen=True)
+class EvalVariant:
+    """One way of scoring the evaluation images: a checkpoint, its inference settings and its text queries.
+    ``label_map`` maps the dataset's labels to this variant's (a protocol's); ``keep_predictions``: how
+    many (image, prediction, truth) examples to return for pictures."""
+
+    checkpoint: str | Path
+    segment: dict
+    class_names: list[str]
+    background_index: int | None = None
+    label_map: list[int] | None = None
+    mask_quality: bool = True
+    keep_predictions: int = 0
+
+
 class EvaluateBatch:
-    def __init__(self, checkpoint: str, dataset: dict, segment: dict, class_names: list[str],
-                 background_index: int | None = None, threads: int = 1, mask_quality: bool = True,
-                 keep_predictions: int = 0):
+    """Every variant on every image of a batch: each image is read once, each checkpoint loaded once."""
+
+    def __init__(self, dataset: dict, variants: list[dict], threads: int = 1):
         import sseg  # noqa: F401
 
+        from sseg.checkpoints import model_from_checkpoint
         from sseg.data.datasets import build_dataset
         from sseg.inference import SegmentConfig, Segmenter, build_text_classifier
         from sseg.models.text import tokenize
-        from sseg.checkpoints import model_from_checkpoint
 
         torch.set_num_threads(threads)
-        self.model, _ = model_from_checkpoint(checkpoint)
         self.dataset = build_dataset(dataset["name"], dataset["root"], dataset.get("split", "val"))
-        self.label_map = np.asarray(dataset["label_map"], np.uint8) if dataset.get("label_map") else None
-        cfg = SegmentConfig.model_validate(segment)
-        classifier = build_text_classifier(self.model, class_names, cfg.templates, tokenize)
-        self.segmenter = Segmenter(self.model, classifier, cfg, background_index=background_index)
-        self.num_classes = len(self.segmenter.class_names)
         self.num_gt_classes = len(self.dataset.class_names)
-        self.mask_quality = mask_quality
-        self.keep = keep_predictions
-        self.size = self.model.cfg.image_size
+        models: dict[str, torch.nn.Module] = {}
+        self.variants = []
+        for v in variants:
+            if v["checkpoint"] not in models:
+                models[v["checkpoint"]] = model_from_checkpoint(v["checkpoint"])[0]
+            model = models[v["checkpoint"]]
+            cfg = SegmentConfig.model_validate(v["segment"])
+            classifier = build_text_classifier(model, v["class_names"], cfg.templates, tokenize)
+            segmenter = Segmenter(model, classifier, cfg, background_index=v["background_index"])
+            label_map = np.asarray(v["label_map"], np.uint8) if v["label_map"] else None
+            self.variants.append((model, segmenter, label_map, v["mask_quality"], v["keep_predictions"]))
 
     def __call__(self, batch: dict) -> dict:
         from sseg.pseudo_masks.oracle import OracleMIoU
 
-        confusion = ConfusionMatrix(self.num_classes)
-        masks = OracleMIoU(self.num_gt_classes)
-        kept_keys, kept_images, kept_preds, kept_gts = [], [], [], []
-        started = time.perf_counter()
-        images, skipped, clamped = 0, 0, 0
+        samples, skipped = [], 0
         for index in batch["index"]:
             try:
-                key, image, label = self.dataset[int(index)]
+                samples.append(self.dataset[int(index)])
             except Exception as exc:  # noqa: BLE001 - a bad image is skipped and counted
                 log.warning("skipping eval sample %s: %s", index, first_line(exc))
                 skipped += 1
-                continue
-            if self.mask_quality:
-                masks.update(predicted_mask_ids(self.model, image, self.size), label)
-            eval_label = self.label_map[label] if self.label_map is not None else label
-            prediction = self.segmenter.predict(image, return_scores=False)
-            confusion.update(prediction.labels, eval_label)
-            images += 1
-            if prediction.bg_thresh is not None and prediction.bg_thresh < self.segmenter.cfg.bg_thresh:
-                clamped += 1
-            if len(kept_keys) < self.keep:
-                kept_keys.append(key)
-                kept_images.append(image)
-                kept_preds.append(prediction.labels)
-                kept_gts.append(eval_label)
-        return {
-            "confusion": [confusion.matrix.reshape(-1)],
-            "mask_confusion": [masks.confusion.matrix.reshape(-1)],
-            "images": [images], "skipped": [skipped], "bg_clamped": [clamped],
-            "seconds": [time.perf_counter() - started],
-            "examples": [{"keys": kept_keys, "images": kept_images, "preds": kept_preds, "gts": kept_gts}],
-        }
+        out: dict = {"skipped": [skipped]}
+        for i, (model, segmenter, label_map, mask_quality, keep) in enumerate(self.variants):
+            confusion = ConfusionMatrix(len(segmenter.class_names))
+            masks = OracleMIoU(self.num_gt_classes)
+            kept: dict[str, list] = {"keys": [], "images": [], "preds": [], "gts": []}
+            started, clamped = time.perf_counter(), 0
+            for key, image, label in samples:
+                if mask_quality:
+                    masks.update(predicted_mask_ids(model, image, model.cfg.image_size), label)
+                eval_label = label_map[label] if label_map is not None else label
+                prediction = segmenter.predict(image, return_scores=False)
+                confusion.update(prediction.labels, eval_label)
+                if prediction.bg_thresh is not None and prediction.bg_thresh < segmenter.cfg.bg_thresh:
+                    clamped += 1
+                if len(kept["keys"]) < keep:
+                    for name, value in zip(("keys", "images", "preds", "gts"),
+                                           (key, image, prediction.labels, eval_label)):
+                        kept[name].append(value)
+            out.update({f"confusion_{i}": [confusion.matrix.reshape(-1)],
+                        f"mask_confusion_{i}": [masks.confusion.matrix.reshape(-1)],
+                        f"images_{i}": [len(samples)], f"bg_clamped_{i}": [clamped],
+                        f"seconds_{i}": [time.perf_counter() - started], f"examples_{i}": [kept]})
+        return out
 
 
-def run_evaluation(checkpoint: str | Path, dataset: dict, segment: dict, class_names: list[str], *,
-                   background_index: int | None = None, max_images: int | None = None,
-                   num_actors: int = 1, gpus_per_actor: float = 0.0, batch_size: int = 16,
-                   keep_predictions: int = 0, mask_quality: bool = True) -> dict:
-    """Sum the confusion matrices of all actors; returns matrices, counts (``bg_clamped``: images whose
-    background threshold was clamped), images/s, kept examples."""
+def run_evaluations(dataset: dict, variants: list[EvalVariant], *, max_images: int | None = None,
+                    num_actors: int = 1, gpus_per_actor: float = 0.0, batch_size: int = 16) -> list[dict]:
+    """Score every variant on the same images in one Ray Data pass (one actor pool, each image read once);
+    per variant: summed confusion matrices, counts (``bg_clamped``: images whose background threshold was
+    clamped to their best foreground probability), kept examples, and ``images_per_s``: the pass's
+    wall-clock throughput, its time shared among the variants by their compute time."""
     from sseg.data.datasets import build_dataset
 
     dataset = {**dataset, "root": str(Path(dataset["root"]).resolve())}  # workers run elsewhere
-    checkpoint = Path(checkpoint).resolve()
+    specs = [{**asdict(v), "checkpoint": str(Path(v.checkpoint).resolve()),
+              "label_map": list(v.label_map) if v.label_map is not None else None} for v in variants]
     size = len(build_dataset(dataset["name"], dataset["root"], dataset.get("split", "val")))
     count = min(size, max_images) if max_images else size
     started = time.perf_counter()
     ds = ray.data.range(count, override_num_blocks=max(1, min(count, num_actors * 4)))
     ds = ds.map(lambda row: {"index": row["id"]})
     ds = ds.map_batches(
-        EvaluateBatch,
-        fn_constructor_kwargs=dict(checkpoint=str(checkpoint), dataset=dataset, segment=segment,
-                                   class_names=class_names, background_index=background_index,
-                                   keep_predictions=keep_predictions, mask_quality=mask_quality),
+        EvaluateBatch, fn_constructor_kwargs=dict(dataset=dataset, variants=specs),
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_actors),
         num_gpus=gpus_per_actor, batch_size=batch_size, batch_format="numpy")
-    confusion = mask_confusion = None
-    images = skipped = bg_clamped = 0
-    examples: list[tuple] = []
+    totals = [{"confusion": None, "mask_confusion": None, "images": 0, "bg_clamped": 0, "seconds": 0.0,
+               "examples": []} for _ in variants]
+    skipped = 0
     for row in ds.iter_rows():
-        c = np.asarray(row["confusion"], np.int64)
-        m = np.asarray(row["mask_confusion"], np.int64)
-        confusion = c if confusion is None else confusion + c
-        mask_confusion = m if mask_confusion is None else mask_confusion + m
-        images += int(row["images"])
         skipped += int(row["skipped"])
-        bg_clamped += int(row["bg_clamped"])
-        ex = row["examples"]
-        for i in range(len(ex["keys"])):
-            if len(examples) < keep_predictions:
-                examples.append((ex["keys"][i], ex["images"][i], ex["preds"][i], ex["gts"][i]))
+        for i, total in enumerate(totals):
+            for name in ("confusion", "mask_confusion"):
+                matrix = np.asarray(row[f"{name}_{i}"], np.int64)
+                total[name] = matrix if total[name] is None else total[name] + matrix
+            for name in ("images", "bg_clamped"):
+                total[name] += int(row[f"{name}_{i}"])
+            total["seconds"] += float(row[f"seconds_{i}"])
+            ex = row[f"examples_{i}"]
+            for j in range(len(ex["keys"])):
+                if len(total["examples"]) < variants[i].keep_predictions:
+                    total["examples"].append((ex["keys"][j], ex["images"][j], ex["preds"][j], ex["gts"][j]))
     elapsed = time.perf_counter() - started
-    n = int(round(np.sqrt(confusion.size)))
-    k = int(round(np.sqrt(mask_confusion.size)))
-    return {
-        "confusion": ConfusionMatrix.from_matrix(confusion.reshape(n, n)),
-        "mask_confusion": ConfusionMatrix.from_matrix(mask_confusion.reshape(k, k)),
-        "images": images, "skipped": skipped, "bg_clamped": bg_clamped, "seconds": elapsed,
-        "images_per_s": images / elapsed if elapsed else 0.0, "examples": examples,
-    }
+    compute = sum(t["seconds"] for t in totals)
+    results = []
+    for total in totals:
+        n = int(round(np.sqrt(total["confusion"].size)))
+        k = int(round(np.sqrt(total["mask_confusion"].size)))
+        share = elapsed * (total["seconds"] / compute if compute else 1.0 / len(totals))
+        results.append({
+            "confusion": ConfusionMatrix.from_matrix(total["confusion"].reshape(n, n)),
+            "mask_confusion": ConfusionMatrix.from_matrix(total["mask_confusion"].reshape(k, k)),
+            "images": total["images"], "skipped": skipped, "bg_clamped": total["bg_clamped"],
+            "seconds": share, "images_per_s": total["images"] / share if share else 0.0,
+            "examples": total["examples"],
+        })
+    return results
+
+
+def run_evaluation(checkpoint: str | Path, dataset: dict, segment: dict, class_names: list[str], *,
+                   background_index: int | None = None, max_images: int | None = None,
+                   num_actors: int = 1, gpus_per_actor: float = 0.0, batch_size: int = 16,
+                   keep_predictions: int = 0, mask_quality: bool = True) -> dict:
+    """One checkpoint scored alone (:func:`run_evaluations` with one variant); ``dataset`` may carry the
+    ``label_map`` of a protocol."""
+    variant = EvalVariant(checkpoint, segment, class_names, background_index, dataset.get("label_map"),
+                          mask_quality, keep_predictions)
+    plain = {k: v for k, v in dataset.items() if k != "label_map"}
+    return run_evaluations(plain, [variant], max_images=max_images, num_actors=num_actors,
+                           gpus_per_actor=gpus_per_actor, batch_size=batch_size)[0]
 
 
 def constant_class_miou(confusion: ConfusionMatrix) -> tuple[float, int]:
