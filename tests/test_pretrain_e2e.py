@@ -62,6 +62,28 @@ def trained(ray_session, workdir):
     return result
 
 
+@pytest.fixture(scope="module")
+def other_seed(ray_session, trained, workdir):
+    """The faulty run's config at another seed, uninterrupted and evaluated: its losses differ from the seed-0
+    runs'; the compare page shows it beside the faulty run."""
+    import contextlib
+    import io
+    import os
+
+    from jobs.pretrain import main
+
+    old = os.getcwd()
+    os.chdir(workdir)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            assert main(TINY + ["train.steps=8", "train.weight_words=1", "train.seed=1",
+                                "tracking.run_name=seed1"]) == 0
+    finally:
+        os.chdir(old)
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of every logged value, in logging order."""
     history = client.get_metric_history(run_id, key)
@@ -108,7 +130,7 @@ def test_worker_death_resumes_from_checkpoint_in_same_mlflow_run(trained, workdi
         assert 0.0 <= trained[key] <= 1.0, key
 
 
-def test_same_seed_same_losses_and_a_killed_worker_does_not_change_them(ray_session, trained, workdir,
+def test_same_seed_same_losses_and_a_killed_worker_does_not_change_them(ray_session, trained, other_seed, workdir,
                                                                         monkeypatch, capsys):
     """The seed fixes the data (file order, crops, shuffle) and the template draws: an uninterrupted
     run logs the losses of the run whose worker died at step 3 and resumed from its step-2 checkpoint,
@@ -119,11 +141,9 @@ def test_same_seed_same_losses_and_a_killed_worker_does_not_change_them(ray_sess
 
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-    runs = {}
-    for name, extra in (("clean", []), ("seed1", ["train.seed=1"])):
-        assert main(TINY + ["train.steps=8", "train.weight_words=1", "eval.labeled_split=null",
-                            f"tracking.run_name={name}", *extra]) == 0
-        runs[name] = _last_json(capsys)["mlflow_run_id"]
+    assert main(TINY + ["train.steps=8", "train.weight_words=1", "eval.labeled_split=null",
+                        "tracking.run_name=clean"]) == 0
+    runs = {"clean": _last_json(capsys)["mlflow_run_id"], "seed1": other_seed["mlflow_run_id"]}
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     for key in ("train.loss", "train.loss_mask", "train.loss_words", "train.loss_contrastive"):
         faulty = _history(client, trained["mlflow_run_id"], key)
@@ -244,13 +264,12 @@ def test_gpu_request_on_a_cpu_cluster_fails_early(ray_session, workdir, monkeypa
 
 @pytest.mark.browser
 @pytest.mark.timeout(600)
-def test_compare_page_shows_two_real_pretraining_runs(ray_session, trained, workdir, monkeypatch, capsys):
+def test_compare_page_shows_two_real_pretraining_runs(ray_session, trained, other_seed, workdir, monkeypatch):
     """The MLflow compare page over two runs the pretraining job produced (the faulty run and one at
-    another lr), served by a real tracking server on this module's store, in headless Chromium: their
-    ``train.lr`` params and ``eval.miou`` / ``train.loss`` metrics side by side; the screenshot is kept."""
+    another seed), served by a real tracking server on this module's store, in headless Chromium: their
+    ``train.seed`` params and ``eval.miou`` / ``train.loss`` metrics side by side; the screenshot is kept."""
     from mlflow.tracking import MlflowClient
 
-    from jobs.pretrain import main
     from tests._mlflow_server import running_mlflow_server
     from tests.test_mlflow_ui import CHROMIUM, CHROMIUM_ARGS, RENDER_TIMEOUT_MS, _artifacts_dir, \
         _require_browser, compare_runs_url, metric_rows
@@ -260,11 +279,9 @@ def test_compare_page_shows_two_real_pretraining_runs(ray_session, trained, work
 
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-    assert main(TINY + ["train.steps=4", "train.lr=0.003", "tracking.run_name=lr-0.003"]) == 0
-    other = _last_json(capsys)["mlflow_run_id"]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    runs = [client.get_run(trained["mlflow_run_id"]), client.get_run(other)]
-    assert runs[0].data.params["train.lr"] != runs[1].data.params["train.lr"] == "0.003"
+    runs = [client.get_run(trained["mlflow_run_id"]), client.get_run(other_seed["mlflow_run_id"])]
+    assert runs[0].data.params["train.seed"] != runs[1].data.params["train.seed"] == "1"
 
     with running_mlflow_server(workdir) as server:
         url = compare_runs_url(server.url, [r.info.run_id for r in runs], [runs[0].info.experiment_id])
@@ -273,18 +290,18 @@ def test_compare_page_shows_two_real_pretraining_runs(ray_session, trained, work
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 4000})
                 page.goto(url)
-                for text in ["Comparing 2 Runs from 1 Experiment", "lr-0.003", "train.lr"]:
+                for text in ["Comparing 2 Runs from 1 Experiment", "seed1", "train.seed"]:
                     page.get_by_text(text).first.wait_for(timeout=RENDER_TIMEOUT_MS)
                 body = page.inner_text("body")
                 rows = {name: page.locator("tr", has_text=name).first.inner_text().split()
-                        for name in ["Run Name:", "train.lr"]}
+                        for name in ["Run Name:", "train.seed"]}
                 page.screenshot(path=str(_artifacts_dir() / "mlflow_compare_real_runs.png"))
                 metrics = metric_rows(page, ["eval.miou", "train.loss"], first_metric="eval.eval_images")
             finally:
                 browser.close()
 
-    assert rows["Run Name:"] == ["Run", "Name:", "faulty", "lr-0.003"]
-    assert rows["train.lr"] == ["train.lr", runs[0].data.params["train.lr"], "0.003"]
+    assert rows["Run Name:"] == ["Run", "Name:", "faulty", "seed1"]
+    assert rows["train.seed"] == ["train.seed", runs[0].data.params["train.seed"], "1"]
     assert "Comparing 2 Runs from 1 Experiment" in body
     # each run's latest value as the tracking store has it, as the page rounds it (3 decimals or 4 digits)
     for key in ("eval.miou", "train.loss"):
