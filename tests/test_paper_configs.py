@@ -129,9 +129,12 @@ def test_tuss_voc_paper_config(ray_session, labelled_voc, openai_clip, tmp_path,
     assert run.info.status == "FINISHED" and tags["sseg.stage"] == "tuss"
     assert (tags["sseg.vlm"], tags["sseg.masks"], tags["sseg.embed"], tags["sseg.supervision"],
             tags["sseg.image_labels"]) == ("clip", "files", "dba", "weak", "ground_truth")
-    # a CLIP file has no MLflow run: no lineage tag (the file is the vlm.checkpoint param); the job names a
-    # deviation only for pooled_dba, none for sizes
-    assert "sseg.parent_run_id" not in tags and "sseg.deviation" not in tags
+    # a CLIP file has no MLflow run: no lineage tag (the file is the vlm.checkpoint param); the deviations
+    # are exactly the overridden sizes and templates
+    assert "sseg.parent_run_id" not in tags
+    assert tags["sseg.deviation"] == ("prompt templates single (the paper: CLIP's 80); embedding short_side 128 "
+                                      "(the paper: 448), window 64 (the paper: 224), stride 32 (the paper: 112); "
+                                      "probe epochs 2 (the paper: 90), warmup_epochs 1 (the paper: 10)")
     assert params["vlm.checkpoint"] == str(openai_clip) and params["embed.gsw"] == "True"
     assert params["classifier.glcc.order"] == str(["probe", "propagation", "probe", "propagation"])
     assert metrics["embed.train.images_ok"] == 3 and metrics["embed.val.images_ok"] == 2
@@ -178,9 +181,13 @@ def test_tagclip_voc_paper_config(ray_session, labelled_voc, openai_clip, tmp_pa
     assert run.info.status == "FINISHED" and tags["sseg.stage"] == "tagclip"
     assert tags["sseg.split"] == "voc: unseen potted plant, sheep, sofa, train, tv monitor"
     assert (tags["sseg.vlm"], tags["sseg.variant"], tags["sseg.trained_on"]) == ("clip", "tagclip", "seen classes")
-    # a CLIP file has no MLflow run: no lineage tag (the file is derived.vlm_checkpoint); the job sets no
-    # deviation tag
-    assert "sseg.parent_run_id" not in tags and "sseg.deviation" not in tags
+    # a CLIP file has no MLflow run: no lineage tag (the file is derived.vlm_checkpoint); the deviations are
+    # exactly the overridden sizes, steps and batch
+    assert "sseg.parent_run_id" not in tags
+    assert tags["sseg.deviation"] == ("crop 64 after a rescale x [0.5, 2.0] (the paper: 512 after x [0.5, 2]); "
+                                      "evaluation at short side 64, window 64 / stride 53 (the paper: short side "
+                                      "512, window 512 / stride 426); 2 iterations (the paper on voc: 20000); "
+                                      "train batch_size 2 (the paper: 16)")
     assert run.data.params["derived.vlm_checkpoint"] == str(openai_clip)
     assert {"eval.miou_seen", "eval.miou"} <= set(metrics)
     assert ("eval.hiou" in metrics) == math.isfinite(result["hiou"])

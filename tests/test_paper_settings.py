@@ -114,3 +114,36 @@ def test_pretraining_and_sseg_plus_name_their_deviations_and_the_paper_configs_h
         "UperNet head width 512 (BEiT/MAE's UperNet: 768)",
         "batch norm not synchronised over the GPUs (model.sync_bn; the paper: SyncBN)"]
     assert any(d.startswith("ViT ") for d in self_train_deviations(SelfTrainConfig(), segment))
+
+
+def test_tagclip_and_tuss_name_their_deviations_and_the_paper_configs_have_none():
+    from pipelines.inputs.tagclip import tagclip_deviations
+    from pipelines.inputs.tuss import tuss_deviations
+    from schemas.configs import TagCLIPConfig, TussConfig
+
+    tagclip = load_config(TagCLIPConfig, ROOT / "configs" / "tagclip_voc.yaml", ["vlm.checkpoint=/w/ViT-B-16.pt"])
+    assert tagclip_deviations(tagclip) == []
+    changed = load_config(TagCLIPConfig, ROOT / "configs" / "tagclip_voc.yaml",
+                          ["vlm.checkpoint=/w/ViT-B-16.pt", "train.steps=2", "train.lr=1e-4", "model.trusty_token=false",
+                           "train.all_classes=true"])
+    assert tagclip_deviations(changed) == [
+        "model trusty_token False (the paper: True)",
+        "trained on every class, unseen included (the fully supervised upper bound)",
+        "2 iterations (the paper on voc: 20000)", "train lr 0.0001 (the paper: 2e-05)"]
+    world = tagclip_deviations(TagCLIPConfig())
+    assert world[0] == "VLM sseg (the paper: CLIP ViT-B/16)"
+    assert not any("prompt_tokens" in d for d in world)  # visual prompts are CLIP's: no deviation for S-Seg
+    assert any(d.startswith("crop 64") for d in world) and any(d.startswith("train lr") for d in world)
+
+    tuss = load_config(TussConfig, ROOT / "configs" / "tuss_voc.yaml",
+                       ["vlm.checkpoint=/w/ViT-B-16.pt", "masks.files_dir=/m"])
+    assert tuss_deviations(tuss) == []
+    assert tuss_deviations(load_config(TussConfig, ROOT / "configs" / "tuss_voc.yaml", [
+        "vlm.checkpoint=/w/ViT-B-16.pt", "masks.files_dir=/m", "embed.method=maskclip", "embed.window=448",
+        "classifier.glcc.probe.epochs=2", 'classifier.glcc.order=["probe"]'])) == [
+        "embedding window 448 (the paper: 224)", "probe epochs 2 (the paper: 90)",
+        "GLCC order probe (the paper: two rounds of probe → propagation)"]  # maskclip is the paper's baseline row
+    world = tuss_deviations(TussConfig())
+    assert world[:2] == ["VLM sseg (the paper: CLIP ViT-B/16)", "masks from generator (the paper: SAM masks, given as files)"]
+    pooled_dba = tuss_deviations(TussConfig.model_validate({"embed": {"method": "pooled_dba"}}))
+    assert pooled_dba[1].startswith("pooled_dba: affinity-restricted DBA analogue")

@@ -262,15 +262,24 @@ def test_pseudo_label_cache_schema_and_resume_after_interruption(ray_session, ti
 
 
 @pytest.mark.slow
-def test_self_train_job_end_to_end(ray_session, tiny_world, tmp_path, monkeypatch, capsys):
-    """No checkpoint given: the newest finished sseg-pretrain run of the store is the parent; pseudo-labels,
+def test_self_train_job_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_path, monkeypatch, capsys):
+    """No checkpoint given: the newest finished sseg-pretrain run of the store is the parent. The worker dies
+    after step 3 with no restart left: the run fails; a new run under the same name, or a resume with another
+    config, is refused before any work; ``--resume latest`` continues it from its step-2 checkpoint in the
+    same MLflow run (the pseudo-labels from the cache), no step logged twice (the seeded data,
+    train.deterministic_data, makes it the uninterrupted run's data). The finished run: pseudo-labels,
     training through the generic loop, both models evaluated; the S-Seg+ checkpoint then works with
     jobs/evaluate.py and jobs/segment.py; a foreign cache and a bad class list are one-line errors."""
     from mlflow.tracking import MlflowClient
 
     from jobs.self_train import main
     from pipelines.cli import run_job
+    from pipelines.runs.self_train import run_self_train
     from pipelines.tracking import tracked_run
+    from schemas.configs import SelfTrainConfig
+    from sseg.config import load_config
+    from sseg.errors import ConfigError, SsegError
+    from tests.fault_hooks import exit_once_at_step_3
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -280,21 +289,33 @@ def test_self_train_job_end_to_end(ray_session, tiny_world, tmp_path, monkeypatc
         tracker.log_artifact(checkpoint, "checkpoints/final")
     args = ["world=null", f"target.root={tiny_world / 'voc'}", "pseudo_labels.chunk_size=8",
             "pseudo_labels.num_actors=1", "model.embed_dim=32", "model.num_heads=2", "model.depth=4",
-            "model.channels=8", "train.global_batch_size=4", "train.steps=4", "train.warmup_steps=2",
-            "train.log_every=2", "train.checkpoint_every=2", "train.shuffle_buffer=0", "eval.num_actors=1",
-            "eval.protocols=[]", "eval.pictures=2", "eval.max_images=8", "pseudo_labels.segment.templates=single",
-            "eval.segment.templates=single"]
-    assert main(args) == 0
+            "model.channels=8", "train.global_batch_size=4", "train.steps=4", "train.warmup_steps=1",
+            "train.log_every=1", "train.checkpoint_every=2", "train.shuffle_buffer=0", "train.max_failures=0",
+            "eval.num_actors=1", "eval.protocols=[]", "eval.pictures=2", "eval.max_images=8",
+            "pseudo_labels.segment.templates=single", "eval.segment.templates=single", "tracking.run_name=killed"]
+    with pytest.raises(SsegError, match="training failed"):
+        run_self_train(load_config(SelfTrainConfig, None, args), callbacks=[exit_once_at_step_3])
+    with pytest.raises(ConfigError, match="a run of that name exists"):
+        main(args)
+    with pytest.raises(ConfigError, match=r"another config \(train.lr"):
+        main(args + ["train.lr=0.01", "--resume", "latest"])
+    capsys.readouterr()
+    assert main(args + ["--resume", "latest"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["parent_run_id"] == tracker.run_id and result["steps"] == 4
+    client = MlflowClient(uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert result["steps"] == 4 and run.info.status == "FINISHED" and run.info.run_name == "killed"
+    assert result["pseudo_label_chunks_labelled"] == 0  # the cache of the killed run, reused
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train.resumed_from_step")] \
+        == [(2, 2.0)]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train.loss")) == [1, 2, 3, 4]
+
+    assert result["parent_run_id"] == tracker.run_id
     for key in ("sseg_miou", "sseg_plus_miou", "pseudo_label_miou", "pseudo_label_mean_confidence"):
         assert 0.0 <= result[key] <= 1.0, key
     assert result["gain"] == pytest.approx(result["sseg_plus_miou"] - result["sseg_miou"])
     assert result["eval_protocol"] == "all_classes" and result["pseudo_label_images"] == 16
-    client = MlflowClient(uri)
-    run = client.get_run(result["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["sseg.parent_run_id"] == tracker.run_id
-    assert run.data.tags["sseg.stage"] == "self-train"
+    assert run.data.tags["sseg.parent_run_id"] == tracker.run_id and run.data.tags["sseg.stage"] == "self-train"
     for metric in ("sseg_miou", "sseg_plus_miou", "gain", "pseudo_labels.miou", "eval.miou_all_classes",
                    "parent_eval.miou_all_classes", "train.loss"):
         assert metric in run.data.metrics, metric
@@ -326,6 +347,7 @@ def test_self_train_job_end_to_end(ray_session, tiny_world, tmp_path, monkeypatc
     with pytest.raises(SystemExit):
         run_job(segment, ["--checkpoint", result["checkpoint"], "--classes", "sky,cat", str(image)])
     assert "'cat' is not one this closed-vocabulary model was trained on" in capsys.readouterr().err
+    args = [a for a in args if not a.startswith("tracking.run_name=")]
     other = _untrained_sseg_checkpoint(tmp_path / "other", seed=1)
     message = one_line_error(args + [f"checkpoint={other}", f"pseudo_labels.cache_dir={result['pseudo_label_cache']}"])
     assert message.startswith("error: pseudo-label cache") and "another checkpoint" in message
@@ -339,51 +361,6 @@ def test_self_train_job_end_to_end(ray_session, tiny_world, tmp_path, monkeypatc
     (tmp_path / "empty" / "ImageSets" / "Segmentation" / "val.txt").write_text("x\n")
     (tmp_path / "empty" / "class_names.txt").write_text("sky\n")
     assert "split file is empty" in one_line_error(args + [f"checkpoint={checkpoint}", f"target.root={tmp_path / 'empty'}"])
-
-
-@pytest.mark.slow
-def test_self_train_killed_then_resume_latest_logs_no_step_twice(ray_session, tiny_world, tmp_path, monkeypatch,
-                                                                 capsys):
-    """The worker dies after step 3 with no restart left: the run fails; ``--resume latest`` continues it
-    from its step-2 checkpoint in the same MLflow run (the pseudo-labels from the cache), no step logged
-    twice. The seeded data (train.deterministic_data) makes it the uninterrupted run's data. A new run under
-    the same name, or a resume with another config, is refused before any work."""
-    from mlflow.tracking import MlflowClient
-
-    from jobs.self_train import main
-    from pipelines.runs.self_train import run_self_train
-    from schemas.configs import SelfTrainConfig
-    from sseg.config import load_config
-    from sseg.errors import ConfigError, SsegError
-    from tests.fault_hooks import exit_once_at_step_3
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    checkpoint = _untrained_sseg_checkpoint(tmp_path / "parent")
-    args = ["world=null", f"checkpoint={checkpoint}", f"target.root={tiny_world / 'voc'}",
-            "target.max_train_images=8", "pseudo_labels.chunk_size=8", "pseudo_labels.num_actors=1",
-            "model.embed_dim=32", "model.num_heads=2", "model.depth=4", "model.channels=8",
-            "train.global_batch_size=4", "train.steps=4", "train.warmup_steps=1", "train.log_every=1",
-            "train.checkpoint_every=2", "train.shuffle_buffer=0", "train.max_failures=0", "eval.protocols=[]",
-            "eval.pictures=0", "eval.max_images=4", "pseudo_labels.segment.templates=single",
-            "eval.segment.templates=single", "tracking.run_name=killed"]
-    with pytest.raises(SsegError, match="training failed"):
-        run_self_train(load_config(SelfTrainConfig, None, args), callbacks=[exit_once_at_step_3])
-    with pytest.raises(ConfigError, match="a run of that name exists"):
-        main(args)
-    with pytest.raises(ConfigError, match=r"another config \(train.lr"):
-        main(args + ["train.lr=0.01", "--resume", "latest"])
-    capsys.readouterr()
-    assert main(args + ["--resume", "latest"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    client = MlflowClient(uri)
-    run = client.get_run(result["mlflow_run_id"])
-    assert result["steps"] == 4 and run.info.status == "FINISHED" and run.info.run_name == "killed"
-    assert result["pseudo_label_chunks_labelled"] == 0  # the cache of the killed run, reused
-    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train.resumed_from_step")] \
-        == [(2, 2.0)]
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train.loss")) == [1, 2, 3, 4]
 
 
 def test_balanced_class_weights_known_answer():

@@ -331,36 +331,6 @@ def _overrides(tiny_world, tmp_path, checkpoint):
             "tracking.run_name=tiny-semivl", *E2E_HEAD]
 
 
-@pytest.mark.slow
-def test_semivl_end_to_end(ray_session, tiny_world, tmp_path, mlflow_uri, capsys):
-    """jobs/semivl.py on a 16-image labelled pool (4 labelled, 12 unlabelled) from a tiny S-Seg checkpoint:
-    2 steps through the real loop, evaluation, MLflow lineage; the checkpoint segments through
-    model_from_checkpoint like any other."""
-    import semivl as job
-    from mlflow.tracking import MlflowClient
-
-    from sseg.checkpoints import model_from_checkpoint
-    from sseg.inference import SegmentConfig, Segmenter
-
-    checkpoint = _tiny_sseg_checkpoint(tmp_path / "sseg")
-    assert job.main(_overrides(tiny_world, tmp_path, checkpoint)) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["steps"] == 2 and 0.0 <= result["miou"] <= 1.0
-    run = MlflowClient(mlflow_uri).get_run(result["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.tags["sseg.stage"] == "semivl"
-    assert run.data.tags["sseg.parent_run_id"] == "0123456789abcdef0123456789abcdef"
-    assert "not an official split" in run.data.tags["sseg.split"]
-    assert run.data.params["derived.num_labeled"] == "4" and "eval.miou" in run.data.metrics
-    split_dir = tmp_path / "runs" / "tiny-semivl" / "splits" / "world" / "4"
-    assert len((split_dir / "labeled.txt").read_text().split()) == 4
-    assert len((split_dir / "unlabeled.txt").read_text().split()) == 12
-    model, state = model_from_checkpoint(result["checkpoint"], segmenting=True)
-    assert state["kind"] == "semivl" and state["model_name"] == "semivl"
-    segmenter = Segmenter.for_classes(model, "cat,dog,grass", SegmentConfig(templates="single", bg_mode="none",
-                                                                           short_side=None, window=64, stride=64))
-    assert segmenter.predict(np.zeros((64, 64, 3), np.uint8)).labels.shape == (64, 64)
-
-
 @pytest.mark.parametrize("case", ["missing_image", "bad_label", "unknown_concept", "embed_dim"])
 def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path, mlflow_uri, capsys):
     import shutil
@@ -404,13 +374,18 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path
 
 
 @pytest.mark.slow
-def test_semivl_killed_then_resume_latest_logs_no_step_twice(ray_session, tiny_world, tmp_path, mlflow_uri,
-                                                             capsys):
-    """The worker dies after step 3 with no restart left (train.max_failures=0): the run fails; ``--resume
+def test_semivl_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_path, mlflow_uri, capsys):
+    """jobs/semivl.py on a 16-image labelled pool (4 labelled, 12 unlabelled) from a tiny S-Seg checkpoint.
+    The worker dies after step 3 with no restart left (train.max_failures=0): the run fails; ``--resume
     latest`` continues it from its step-2 checkpoint in the same MLflow run, and no step is logged twice.
-    A new run under the same name, or a resume with another config, is refused before any work."""
+    A new run under the same name, or a resume with another config, is refused before any work. The
+    finished run: evaluation, MLflow lineage, the split written; the checkpoint segments through
+    model_from_checkpoint like any other."""
     import semivl as job
     from mlflow.tracking import MlflowClient
+
+    from sseg.checkpoints import model_from_checkpoint
+    from sseg.inference import SegmentConfig, Segmenter
 
     from pipelines.runs.semivl import run_semivl
     from schemas.configs import SemiVLConfig
@@ -436,6 +411,18 @@ def test_semivl_killed_then_resume_latest_logs_no_step_twice(ray_session, tiny_w
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train.resumed_from_step")] \
         == [(2, 2.0)]
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train.loss")) == [1, 2, 3, 4]
+    assert 0.0 <= result["miou"] <= 1.0 and run.data.tags["sseg.stage"] == "semivl"
+    assert run.data.tags["sseg.parent_run_id"] == "0123456789abcdef0123456789abcdef"
+    assert "not an official split" in run.data.tags["sseg.split"]
+    assert run.data.params["derived.num_labeled"] == "4" and "eval.miou" in run.data.metrics
+    split_dir = tmp_path / "runs" / "killed" / "splits" / "world" / "4"
+    assert len((split_dir / "labeled.txt").read_text().split()) == 4
+    assert len((split_dir / "unlabeled.txt").read_text().split()) == 12
+    model, state = model_from_checkpoint(result["checkpoint"], segmenting=True)
+    assert state["kind"] == "semivl" and state["model_name"] == "semivl"
+    segmenter = Segmenter.for_classes(model, "cat,dog,grass", SegmentConfig(templates="single", bg_mode="none",
+                                                                           short_side=None, window=64, stride=64))
+    assert segmenter.predict(np.zeros((64, 64, 3), np.uint8)).labels.shape == (64, 64)
 
 
 @pytest.mark.slow

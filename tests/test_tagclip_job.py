@@ -147,9 +147,10 @@ def test_voc_config_refuses_a_missing_weights_file(tmp_path, mlflow_uri, capsys)
 
 
 @pytest.mark.slow
-def test_tagclip_end_to_end(ray_session, tiny_world, tmp_path, mlflow_uri, capsys):
-    """jobs/tagclip.py on the tiny world from a tiny S-Seg checkpoint: 2 steps through the real loop, seen /
-    unseen evaluation, MLflow lineage; the checkpoint segments any class list through the loader that
+def test_tagclip_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_path, mlflow_uri, capsys):
+    """jobs/tagclip.py on the tiny world from a tiny S-Seg checkpoint: the worker dies after step 3 with no
+    restart left, ``--resume latest`` finishes the run (4 steps through the real loop, none logged twice);
+    seen / unseen evaluation, MLflow lineage; the checkpoint segments any class list through the loader that
     jobs/segment.py and jobs/evaluate.py use."""
     import tagclip as job
     from mlflow.tracking import MlflowClient
@@ -157,13 +158,26 @@ def test_tagclip_end_to_end(ray_session, tiny_world, tmp_path, mlflow_uri, capsy
     from sseg.checkpoints import model_from_checkpoint
     from sseg.inference import SegmentConfig, Segmenter
 
+    from pipelines.runs.tagclip import run_tagclip
+    from schemas.configs import TagCLIPConfig
+    from sseg.config import load_config
+    from sseg.errors import SsegError
+    from tests.fault_hooks import exit_once_at_step_3
+
     checkpoint = _tiny_sseg_checkpoint(tmp_path / "sseg", run_id=PARENT)
-    assert job.main(_overrides(tiny_world, tmp_path, checkpoint)) == 0
+    args = _overrides(tiny_world, tmp_path, checkpoint, "train.steps=4", "tracking.run_name=killed",
+                      "train.max_failures=0")
+    with pytest.raises(SsegError, match="training failed"):
+        run_tagclip(load_config(TagCLIPConfig, None, args), callbacks=[exit_once_at_step_3])
+    capsys.readouterr()
+    assert job.main(args + ["--resume", "latest"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["steps"] == 2
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert result["steps"] == 4 and run.info.status == "FINISHED" and run.info.run_name == "killed"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train.loss")) == [1, 2, 3, 4]
     for key in ("miou_seen", "miou_unseen", "hiou", "trusty_auroc", "unseen_as_seen"):
         assert 0.0 <= result[key] <= 1.0 or np.isnan(result[key])
-    run = MlflowClient(mlflow_uri).get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["sseg.stage"] == "tagclip"
     assert run.data.tags["sseg.parent_run_id"] == PARENT and run.data.tags["sseg.variant"] == "tagclip"
     assert run.data.tags["sseg.split"] == "world: unseen tree, car, house, water"
@@ -186,26 +200,3 @@ def test_tagclip_end_to_end(ray_session, tiny_world, tmp_path, mlflow_uri, capsy
     assert (tmp_path / "seg" / f"{image.stem}_labels.png").is_file()
 
 
-@pytest.mark.slow
-def test_tagclip_killed_then_resume_latest_logs_no_step_twice(ray_session, tiny_world, tmp_path, mlflow_uri, capsys):
-    import tagclip as job
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.runs.tagclip import run_tagclip
-    from schemas.configs import TagCLIPConfig
-    from sseg.config import load_config
-    from sseg.errors import SsegError
-    from tests.fault_hooks import exit_once_at_step_3
-
-    checkpoint = _tiny_sseg_checkpoint(tmp_path / "sseg")
-    args = _overrides(tiny_world, tmp_path, checkpoint, "train.steps=4", "tracking.run_name=killed",
-                      "train.max_failures=0")
-    with pytest.raises(SsegError, match="training failed"):
-        run_tagclip(load_config(TagCLIPConfig, None, args), callbacks=[exit_once_at_step_3])
-    capsys.readouterr()
-    assert job.main(args + ["--resume", "latest"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    client = MlflowClient(mlflow_uri)
-    run = client.get_run(result["mlflow_run_id"])
-    assert result["steps"] == 4 and run.info.status == "FINISHED" and run.info.run_name == "killed"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train.loss")) == [1, 2, 3, 4]

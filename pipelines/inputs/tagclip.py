@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from pipelines.inputs.semivl import check_labels
 from pipelines.lineage import resolve_parent
+from pipelines.tracking import deviation_tags
 from schemas.configs import TagCLIPConfig
 from sseg.errors import CheckpointError, ConfigError, first_line
 
@@ -133,6 +134,50 @@ def prepare(cfg: TagCLIPConfig) -> Prepared:
     check_labels(train_paths[1][:LABELS_CHECKED], len(class_names), transform)
     variant = typed.variant if typed.inference_weighting or not typed.trusty_token else f"{typed.variant}_no_weighting"
     tags = {"sseg.split": f"{split.name}: unseen {', '.join(split.unseen_names)}", "sseg.vlm": cfg.vlm.kind,
-            "sseg.variant": variant, "sseg.trained_on": "all classes" if cfg.train.all_classes else "seen classes"}
+            "sseg.variant": variant, "sseg.trained_on": "all classes" if cfg.train.all_classes else "seen classes",
+            **deviation_tags(tagclip_deviations(cfg))}
     return Prepared(class_names, split, train_split, train_paths, model_config, checkpoint, parent, training_text,
                     tags, label_transform=transform)
+
+
+# the paper's inductive settings (dvlab-research/TagCLIP configs/voc12 and coco_stuff): iterations per dataset
+PAPER_STEPS = {"voc": 20000, "coco_stuff": 80000}
+PAPER_MODEL = {"prompt_tokens": 10, "prompt_layers": None, "layers": 3, "heads": 8, "trusty_token": True,
+               "trusty_learner": True, "inference_weighting": True, "seen_bias": 0.1}
+PAPER_TRAIN = {"batch_size": 16, "lr": 2e-5, "weight_decay": 0.01, "head_lr_mult": 10.0, "prompt_lr_mult": 10.0,
+               "warmup_steps": 1500, "poly_power": 0.9, "min_lr": 1e-6, "weight_focal": 20.0, "weight_dice": 1.0,
+               "weight_trusty": 10.0}
+
+
+def tagclip_deviations(cfg: TagCLIPConfig) -> list[str]:
+    """The choices of this config that differ from TagCLIP's paper and public code (the MLflow tag
+    ``sseg.deviation``). The trusty loss is not one: focal is the public code's, dice the paper's text."""
+    out = []
+    if cfg.vlm.kind != "clip" or cfg.vlm.clip_model not in ("ViT-B-16", "ViT-B-16-quickgelu"):
+        out.append(f"VLM {cfg.vlm.kind if cfg.vlm.kind != 'clip' else cfg.vlm.clip_model} (the paper: CLIP ViT-B/16)")
+    model = {k: cfg.model.get(k, v) for k, v in PAPER_MODEL.items()}
+    if cfg.vlm.kind != "clip":
+        model.pop("prompt_tokens"), model.pop("prompt_layers")  # visual prompts exist for CLIP only
+    diff = [k for k, v in model.items() if v != PAPER_MODEL[k]]
+    if diff:
+        out.append("model " + ", ".join(f"{k} {model[k]} (the paper: {PAPER_MODEL[k]})" for k in diff))
+    if cfg.train.all_classes:
+        out.append("trained on every class, unseen included (the fully supervised upper bound)")
+    d = cfg.data
+    if d.templates != "a photo of a {}.":
+        out.append(f"prompt templates {d.templates} (the paper: \"a photo of a {{}}.\")")
+    if d.crop_size != 512 or tuple(d.scale) != (0.5, 2.0):
+        out.append(f"crop {d.crop_size} after a rescale x {list(d.scale)} (the paper: 512 after x [0.5, 2])")
+    e = cfg.eval
+    if (e.short_side, e.window, e.stride) != (512, 512, 426):
+        out.append(f"evaluation at short side {e.short_side or 'native'}, window {e.window} / stride {e.stride} "
+                   "(the paper: short side 512, window 512 / stride 426)")
+    t = cfg.train
+    steps = PAPER_STEPS.get(d.dataset)
+    if steps is not None and t.steps != steps:
+        out.append(f"{t.steps} iterations (the paper on {d.dataset}: {steps})")
+    train = {k: getattr(t, k) for k in PAPER_TRAIN}
+    diff = [k for k in PAPER_TRAIN if train[k] != PAPER_TRAIN[k]]
+    if diff:
+        out.append("train " + ", ".join(f"{k} {train[k]:g} (the paper: {PAPER_TRAIN[k]:g})" for k in diff))
+    return out

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.lineage import resolve_parent
+from pipelines.tracking import deviation_tags
 from schemas.configs import TussConfig
 from sseg.errors import ConfigError, DataError
 
@@ -157,8 +158,7 @@ def prepare(cfg: TussConfig, kinds: tuple[str, ...] | None = None) -> Prepared:
     if "weak" in kinds:
         prep.image_labels = _image_labels(cfg, prep, train)
         prep.tags["sseg.image_labels"] = sup.image_labels
-    if cfg.embed.method == "pooled_dba":
-        prep.tags["sseg.deviation"] = "pooled_dba: affinity-restricted DBA analogue on S-Seg's semantic map"
+    prep.tags.update(deviation_tags(tuss_deviations(cfg)))
     return prep
 
 
@@ -192,3 +192,36 @@ def _listing_digest(directory: Path) -> str:
 
     listing = sorted(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in directory.glob("*.png"))
     return hashlib.sha256("\n".join(listing).encode()).hexdigest()
+
+
+# the paper's VOC settings (configs/tuss_voc.yaml): geometry of the embeddings and GLCC's probe / graph
+PAPER_EMBED = {"short_side": 448, "sliding": True, "window": 224, "stride": 112, "gsw": True}
+PAPER_PROBE = {"scale": 100.0, "lr": 0.02, "momentum": 0.9, "batch_size": 512, "epochs": 90, "warmup_epochs": 10}
+PAPER_ORDER = ("probe", "propagation", "probe", "propagation")
+
+
+def tuss_deviations(cfg: TussConfig) -> list[str]:
+    """The choices of this config that differ from the paper (the MLflow tag ``sseg.deviation``). The mask
+    embedding method is not one when it is a row of the paper's table (MaskCLIP pooling, DBA); the
+    supervision kind and GLCC's searched hyperparameters (k, α) are the experiment, not deviations."""
+    out = []
+    if cfg.vlm.kind != "clip" or cfg.vlm.clip_model not in ("ViT-B-16", "ViT-B-16-quickgelu"):
+        out.append(f"VLM {cfg.vlm.kind if cfg.vlm.kind != 'clip' else cfg.vlm.clip_model} (the paper: CLIP ViT-B/16)")
+    if cfg.embed.method == "pooled_dba":
+        out.append("pooled_dba: affinity-restricted DBA analogue on S-Seg's semantic map")
+    if cfg.masks.source != "files":
+        out.append(f"masks from {cfg.masks.source} (the paper: SAM masks, given as files)")
+    if cfg.data.templates != "clip":
+        out.append(f"prompt templates {cfg.data.templates} (the paper: CLIP's 80)")
+    embed = {k: getattr(cfg.embed, k) for k in PAPER_EMBED}
+    diff = [k for k in PAPER_EMBED if embed[k] != PAPER_EMBED[k]]
+    if diff:
+        out.append("embedding " + ", ".join(f"{k} {embed[k]} (the paper: {PAPER_EMBED[k]})" for k in diff))
+    glcc = cfg.classifier.glcc
+    probe = {k: getattr(glcc.probe, k) for k in PAPER_PROBE}
+    diff = [k for k in PAPER_PROBE if probe[k] != PAPER_PROBE[k]]
+    if diff:
+        out.append("probe " + ", ".join(f"{k} {probe[k]:g} (the paper: {PAPER_PROBE[k]:g})" for k in diff))
+    if tuple(glcc.order) != PAPER_ORDER:
+        out.append(f"GLCC order {' → '.join(glcc.order)} (the paper: two rounds of probe → propagation)")
+    return out
