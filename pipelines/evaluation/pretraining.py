@@ -33,22 +33,36 @@ def synonym_class_names(class_names: list[str]) -> list[str]:
 
 
 def evaluate_pretraining(cfg, checkpoint_dir: Path, tracker: Tracker) -> dict:
+    """The paper's headline protocol for the split: every class a text query on a dataset without a
+    background class (the world), the with-background protocol with GroupViT's threshold on one that has
+    it (VOC, Context, COCO-Object: the names of the foreground classes are the queries)."""
+    from pipelines.evaluation.report import protocol_of
+    from pipelines.stages.evaluate_protocols import background_threshold
     from sseg.data.datasets import build_dataset
     from sseg.inference import check_class_names_encodable
 
     dataset = {"name": cfg.eval.dataset, "root": cfg.eval.labeled_split, "split": "val"}
     reader = build_dataset(dataset["name"], dataset["root"], "val")
-    class_names = list(reader.class_names)
+    protocol_name = "all_classes" if reader.background_index is None else "with_background"
+    protocol = protocol_of(protocol_name, list(reader.class_names), reader.background_index, None)
+    class_names = protocol.report_names
     size = cfg.eval.image_size or cfg.model.image_size
-    segment = {"templates": cfg.eval.templates, "bg_mode": "none", "short_side": size,
+    segment = {"templates": cfg.eval.templates, "bg_mode": protocol.bg_mode, "short_side": size,
                "sliding": False, "window": size, "stride": size}
+    if protocol.bg_mode == "threshold":
+        segment["bg_thresh"], bg_source = background_threshold(cfg.eval.dataset, segment)
+        tracker.log_params({"eval.protocol": protocol_name, "eval.bg_thresh": segment["bg_thresh"],
+                            "eval.bg_thresh_source": bg_source})
     common = dict(max_images=cfg.eval.max_images, num_actors=cfg.eval.num_actors)
-    check_class_names_encodable(class_names, cfg.eval.templates, cfg.model.context_length)
+    check_class_names_encodable(protocol.text_classes, cfg.eval.templates, cfg.model.context_length)
     print(f"[sseg] evaluating open-vocabulary mIoU on {cfg.eval.labeled_split} "
-          f"({min(len(reader), cfg.eval.max_images)} images, {len(class_names)} class names)", flush=True)
+          f"({min(len(reader), cfg.eval.max_images)} images, {len(protocol.text_classes)} class names, "
+          f"protocol {protocol_name})", flush=True)
     untrained_dir = _untrained_checkpoint(cfg, checkpoint_dir.parent / "untrained")
-    variants = [EvalVariant(checkpoint_dir, segment, class_names, keep_predictions=cfg.eval.pictures),
-                EvalVariant(untrained_dir, segment, class_names)]
+    scored = dict(background_index=protocol.background_index, label_map=protocol.label_map)
+    variants = [EvalVariant(checkpoint_dir, segment, protocol.text_classes, **scored,
+                            keep_predictions=cfg.eval.pictures),
+                EvalVariant(untrained_dir, segment, protocol.text_classes, **scored)]
     # open vocabulary: the same images queried with words the captions use instead of the names
     synonyms = synonym_class_names(class_names) if cfg.world is not None else class_names
     if synonyms != class_names:
