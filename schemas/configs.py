@@ -295,17 +295,18 @@ class SemiVLConfig(StrictModel):
     world_dir: str = "data/world_semivl"
     data: SemiVLDataConfig = SemiVLDataConfig()
     vlm: SemiVLVLMConfig = SemiVLVLMConfig()
-    # the world default keeps our class-definition use (its measured figures were taken with it and are
-    # not re-measured); the paper configs set "guidance"
-    components: SemiVLComponents = SemiVLComponents(class_definitions="decoder")
+    components: SemiVLComponents = SemiVLComponents()
     # decoder sizes etc.: fields of sseg.semivl.config.SemiVLModelConfig (vlm, sseg, decoder and
     # num_classes are set by the run). Default: an eighth of the paper's widths, decoder at stride 8, for
     # the 64-px world on 2 CPU cores.
     model: dict = Field(default_factory=lambda: {"channels": 16, "text_channels": 16, "up_channels": [8, 8],
                                                  "skip_channels": [4, 4], "deeplab_channels": 32,
                                                  "dense_pool": 2})
+    # the world's budget (docs/experiments.md, measurement 14): 16 + 16 images a step; the backbone at the
+    # base lr (the paper's x0.01 suits CLIP's finished features; our VLM's must still learn the classes' look)
     train: SemiVLTrainConfig = SemiVLTrainConfig(threads_per_worker=2, max_failures=1, log_every=20,
-                                                 checkpoints_to_keep=1, shuffle_buffer=256)
+                                                 checkpoints_to_keep=1, shuffle_buffer=256, steps=800,
+                                                 batch_size=16, backbone_lr_mult=1.0)
     eval: SemiVLEvalConfig = SemiVLEvalConfig()
     storage_path: str = "runs"
     ray: RayConfig = RayConfig()

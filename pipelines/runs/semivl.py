@@ -61,6 +61,9 @@ def run_semivl(cfg: SemiVLConfig, resume: str | None = None, *, extra_tags: dict
                                 global_batch_size=cfg.train.batch_size * cfg.train.num_workers,
                                 cpus_per_worker=cpus_per_worker, seed=seed, callbacks=callbacks)
         summary.pop("final_metrics")
+        if summary.get("train_images_per_s") is not None:  # the trainer counts the labelled images of a step
+            views = 1 if cfg.train.supervised_only else 2
+            summary["train_labelled_and_unlabelled_per_s"] = summary["train_images_per_s"] * views
         summary.update(evaluate_semivl(cfg, prep, Path(summary["checkpoint"]), tracker))
         tracker.log_metrics({k: v for k, v in summary.items()
                              if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=summary["steps"])
@@ -126,7 +129,7 @@ def run_ablation(cfg: SemiVLConfig) -> dict:
     configs = []
     for name, components, supervised in ABLATION_ROWS:
         row_cfg = cfg.model_copy(deep=True)
-        # the rows with class definitions use them as the config does (our world default: "decoder")
+        # the rows with class definitions use them as the config does (world default and paper: "guidance")
         use = (cfg.components.class_definitions or "guidance") if components["class_definitions"] else False
         row_cfg.components = row_cfg.components.model_validate({**components, "class_definitions": use})
         row_cfg.train.supervised_only = supervised

@@ -98,7 +98,9 @@ class SemiVLStep(StageStep):
         AdamW over :func:`semivl_param_groups` and the poly schedule (linear warm-up)."""
         from sseg.inference import build_text_classifier
 
-        model = model.to(device)
+        # channels-last: the decoder runs every concept's map through 8-16-channel convolutions at up to
+        # 32x32 (B*K maps); oneDNN's NHWC kernels run those 2.5-3.6x faster than NCHW on CPU, the step 1.4x
+        model = model.to(device, memory_format=torch.channels_last)
         model.set_trainable(spatial_only=spatial_ft)
         guide = None
         if guidance:
