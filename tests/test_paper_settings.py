@@ -82,11 +82,15 @@ def test_the_step_guides_with_the_concepts_and_decodes_with_the_names():
     assert step.guide_text.num_classes == 21
 
 
-def test_world_default_keeps_our_class_definitions_and_says_so():
+def test_world_default_uses_the_papers_class_definitions_and_names_its_budget():
     cfg = SemiVLConfig()
-    assert cfg.components.class_definitions == "decoder"
+    assert cfg.components.class_definitions == "guidance"
     deviations = semivl_deviations(cfg, 1500)
-    assert any(d.startswith("class definitions through the decoder") for d in deviations)
+    assert not any(d.startswith("class definitions through the decoder") for d in deviations)
+    decoder = semivl_deviations(SemiVLConfig.model_validate({"components": {"class_definitions": "decoder"}}), 1500)
+    assert any(d.startswith("class definitions through the decoder") for d in decoder)
+    assert "16 labelled + unlabelled images per step (the paper: 8 + 8)" in deviations
+    assert any(d.startswith("lr 0.001, backbone x1, head x10") for d in deviations)
     assert any(d.startswith("VLM sseg") for d in deviations)
     assert any(d.startswith("evaluation at short side native") for d in deviations)
     with pytest.raises(Exception, match="class_definitions"):
