@@ -6,6 +6,7 @@ vision-language model, classified under full, semi-, weak or no supervision — 
     python jobs/tuss.py masks.source=ground_truth supervision.kind=full   # the mask-source ceiling
     python jobs/tuss.py --config configs/tuss_voc.yaml vlm.checkpoint=/weights/ViT-B-16.pt masks.files_dir=/sam/voc
     python jobs/tuss.py table                             # probe / + DBA / + DBA + GLCC × supervisions, one parent run
+    python jobs/tuss.py --resume latest                   # continue a stopped run (same MLflow run, cached embeddings)
 
 Last stdout line: JSON with miou, f1 and mlflow_run_id (the table: its file and the parent run id).
 """
@@ -22,10 +23,13 @@ from schemas.configs import TussConfig
 
 
 def main(argv=None) -> int:
-    args = job_parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = job_parser(__doc__.splitlines()[0])
+    parser.add_argument("--resume", metavar="RUN_NAME|latest",
+                        help="continue a stopped run: its MLflow run, the embedding chunks it finished")
+    args = parser.parse_args(argv)
     table = take_subcommand(args, "table")
     cfg = parse_job_config(TussConfig, args)
-    emit_result(run_table(cfg) if table else run_tuss(cfg))
+    emit_result(run_table(cfg) if table else run_tuss(cfg, resume=args.resume))
     return 0
 
 

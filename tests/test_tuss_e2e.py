@@ -60,12 +60,18 @@ def test_tuss_weak_from_captions_end_to_end_and_resume(ray_session, tiny_world, 
     assert run.data.params["supervision.kind"] == "weak" and run.data.params["supervision.image_labels"] == "captions"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert "eval/input_prediction_truth.png" in artifacts and "eval/tuning_trials.json" in artifacts
-    # a second run reads the cache (nothing embedded again) and gives the same figures
-    assert job.main(_overrides(tiny_world, tmp_path, checkpoint)) == 0
+    # --resume latest continues that MLflow run, reads the cache (nothing embedded again), same figures
+    assert job.main(["--resume", "latest", *_overrides(tiny_world, tmp_path, checkpoint)]) == 0
     out = capsys.readouterr().out
     again = json.loads(out.strip().splitlines()[-1])
     assert "(train): 2 of 2 chunks already" in out and "(val): 3 of 3 chunks already" in out
     assert again["miou"] == pytest.approx(result["miou"]) and again["f1"] == pytest.approx(result["f1"])
+    assert again["mlflow_run_id"] == result["mlflow_run_id"]
+    assert client.get_run(result["mlflow_run_id"]).info.status == "FINISHED"
+    # resuming with another config is refused, naming the field
+    changed = [*_overrides(tiny_world, tmp_path, checkpoint), "classifier.glcc.probe.epochs=4"]
+    err = _run_bad(["--resume", "latest", *changed], capsys)
+    assert "another config (classifier.glcc.probe.epochs" in err
     # an interrupted cache (a chunk without its done marker) redoes that chunk only
     marker = next((tmp_path / "cache").glob("world-train-*/_done/chunk-00001.json"))
     marker.unlink()

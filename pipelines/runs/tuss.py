@@ -18,6 +18,7 @@ from pipelines.io.tuss_cache import TussCache, read_table, tuss_identity
 from pipelines.stages.tuss_embed import build_embedding_caches
 from pipelines.evaluation.report import save_table
 from pipelines.tracking import generated_run_name, tracked_run
+from pipelines.training import trainer
 from schemas.configs import TussConfig
 from sseg.config import flatten
 from sseg.tuss.config import EmbedConfig
@@ -94,20 +95,21 @@ def _log_embedding(tracker, split: str, info: dict) -> None:
                          **{f"embed.{split}.images_{status}": n for status, n in counts.items()}})
 
 
-def run_tuss(cfg: TussConfig) -> dict:
+def run_tuss(cfg: TussConfig, resume: str | None = None) -> dict:
+    """One setting. ``resume`` (a run name or ``latest``): the stopped run's MLflow run is reopened and the
+    embedding cache skips the chunks it finished; a changed config is refused."""
     import torch
 
     from sseg.data.datasets import build_dataset
 
+    run = trainer.run_identity(STAGE, cfg, resume)
     prep = prepare(cfg)
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     require_gpus(cfg.pool.gpus_per_actor, "pool.gpus_per_actor")
     torch.set_num_threads(cfg.threads)
     sup = cfg.supervision
-    run_name = cfg.tracking.run_name or generated_run_name("tuss", sup.kind, cfg.embed.method)
-    with tracked_run(cfg.tracking.experiment, stage=STAGE, run_name=run_name,
-                     parent_run_id=cfg.tracking.parent_run_id or prep.parent_run_id, tags=prep.tags,
-                     params=flatten(cfg), config=cfg.model_dump(mode="json")) as tracker:
+    with trainer.open_run(run, cfg, parent_run_id=cfg.tracking.parent_run_id or prep.parent_run_id,
+                          tags=prep.tags) as tracker:
         train, val, (train_info, val_info) = embed_splits(cfg, prep, cfg.embed)
         for split, info in (("train", train_info), ("val", val_info)):
             _log_embedding(tracker, split, info)
