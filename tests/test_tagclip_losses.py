@@ -140,3 +140,32 @@ def test_step_encodes_only_seen_names_and_trains_only_the_decoder():
     assert all(torch.equal(v, model.vlm.state_dict()[k]) for k, v in vlm_before.items())
     assert {g["group"] for g in step.optimizer.param_groups} == {"head"}
     assert step.optimizer.param_groups[0]["initial_lr"] == pytest.approx(1e-2)
+
+
+def test_vision_mult_trains_the_vision_tower_at_its_lr_and_keeps_the_text_tower_frozen():
+    from sseg.tagclip.splits import resolve_split
+    from sseg.tagclip.step import TagCLIPStep
+
+    torch.manual_seed(0)
+    names = ["ball", "box", "car", "sky"]
+    split = resolve_split({"unseen": ["car"]}, names)
+    config = {"sseg": TINY_SSEG, "seen_classes": list(split.seen_names), "heads": 2}
+    model = TagCLIPModel(TagCLIPModelConfig.model_validate(config))
+    step = TagCLIPStep.create(model, config, split, ["{}"], device=torch.device("cpu"), lr=1e-3,
+                              weight_decay=0.01, head_mult=10, prompt_mult=10, total_steps=4, warmup_steps=0,
+                              poly_power=0.9, vision_mult=0.5)
+    lrs = {g["group"]: g["lr"] for g in step.optimizer.param_groups}
+    assert lrs == {"head": pytest.approx(1e-2), "vision": pytest.approx(5e-4)}
+    vision = dict(model.vlm.vision_parameters())
+    text = dict(model.vlm.text_parameters())
+    vision_before = {k: v.detach().clone() for k, v in vision.items()}
+    text_before = {k: v.detach().clone() for k, v in text.items()}
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8),
+             "label": rng.integers(0, 4, (2, 64, 64)).astype(np.uint8)}
+    step.run(batch)
+    assert any(not torch.equal(v, vision[k]) for k, v in vision_before.items())
+    assert all(torch.equal(v, text[k]) for k, v in text_before.items())
+    model.eval()  # inference needs no graph through the tower
+    patches, _ = model.embed_image(torch.randn(1, 3, 64, 64))
+    assert not patches.requires_grad

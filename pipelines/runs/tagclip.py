@@ -44,7 +44,7 @@ def build_step(config: dict, *, device: torch.device, rank: int, world_size: int
                               device=device, lr=t.lr, weight_decay=t.weight_decay, head_mult=t.head_lr_mult,
                               prompt_mult=t.prompt_lr_mult, total_steps=total_steps, warmup_steps=warmup_steps,
                               poly_power=t.poly_power, min_lr=t.min_lr, weights=weights, grad_clip=t.grad_clip,
-                              bf16=bf16)
+                              bf16=bf16, vision_mult=t.vision_lr_mult)
 
 
 def run_tagclip(cfg: TagCLIPConfig, resume: str | None = None, *, extra_tags: dict | None = None,

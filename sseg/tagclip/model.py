@@ -56,11 +56,25 @@ class TagCLIPModel(nn.Module):
             p.requires_grad_(False)
 
     # -- parameters
+    def unfreeze_vision(self) -> None:
+        """Train the VLM's vision tower too (the text tower stays frozen: unseen names keep their
+        embeddings). Its normalisation statistics stay frozen (:meth:`train` keeps the VLM in eval mode)."""
+        for _, p in self.vlm.vision_parameters():
+            p.requires_grad_(True)
+
+    @property
+    def vision_trained(self) -> bool:
+        return any(p.requires_grad for _, p in self.vlm.vision_parameters())
+
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
-        """``{"head": decoder, "prompts": visual prompts}`` (the groups TagCLIP's optimizer scales)."""
+        """``{"head": decoder, "prompts": visual prompts, "vision": the vision tower once unfrozen}`` (the
+        groups TagCLIP's optimizer scales)."""
         groups = {"head": list(self.decoder.parameters())}
         if self.prompts is not None:
             groups["prompts"] = list(self.prompts.parameters())
+        vision = [p for _, p in self.vlm.vision_parameters() if p.requires_grad]
+        if vision:
+            groups["vision"] = vision
         return groups
 
     def train(self, mode: bool = True) -> "TagCLIPModel":
@@ -81,6 +95,8 @@ class TagCLIPModel(nn.Module):
     def embed_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prompts is not None:  # gradients flow through the frozen ViT into the prompts
             return self.vlm.embed_image(images, self.prompts())
+        if self.training and self.vision_trained:
+            return self.vlm.embed_image(images)
         with torch.no_grad():
             return self.vlm.embed_image(images)
 

@@ -22,11 +22,12 @@ from sseg.training import StageStep, adamw, poly_with_warmup
 
 
 def tagclip_param_groups(model: nn.Module, lr: float, weight_decay: float, head_mult: float = 10.0,
-                         prompt_mult: float = 10.0) -> list[dict]:
+                         prompt_mult: float = 10.0, vision_mult: float = 0.0) -> list[dict]:
     """AdamW groups as the public config: decoder (lr x head_mult) and visual prompts (lr x prompt_mult);
-    the VLM is frozen (text tower lr x 0). No weight decay on 1-D parameters (norms, biases)."""
+    the VLM is frozen (text tower lr x 0) unless its vision tower was unfrozen (lr x vision_mult). No weight
+    decay on 1-D parameters (norms, biases)."""
     groups = []
-    mults = {"head": head_mult, "prompts": prompt_mult}
+    mults = {"head": head_mult, "prompts": prompt_mult, "vision": vision_mult}
     for name, params in model.trainable_parameters().items():
         params = [p for p in params if p.requires_grad]
         for decay in (True, False):
@@ -67,14 +68,18 @@ class TagCLIPStep(StageStep):
                device: torch.device, lr: float, weight_decay: float, head_mult: float, prompt_mult: float,
                total_steps: int, warmup_steps: int, poly_power: float, min_lr: float = 0.0,
                weights: LossWeights = LossWeights(), grad_clip: float | None = None, bf16: bool = False,
-               tokenizer: Callable | None = None) -> "TagCLIPStep":
+               tokenizer: Callable | None = None, vision_mult: float = 0.0) -> "TagCLIPStep":
         """The step around a built TagCLIP ``model``: the *seen* class names encoded once by the frozen text
-        tower, AdamW over :func:`tagclip_param_groups`, poly decay to ``min_lr`` with mmcv's linear warm-up."""
+        tower, AdamW over :func:`tagclip_param_groups`, poly decay to ``min_lr`` with mmcv's linear warm-up.
+        ``vision_mult`` > 0: the VLM's vision tower trains at lr x vision_mult."""
         from sseg.inference import build_text_classifier
 
         model = model.to(device)
+        if vision_mult > 0:
+            model.unfreeze_vision()
         classifier = build_text_classifier(model, list(split.seen_names), templates, tokenizer, device)
-        optimizer = adamw(tagclip_param_groups(model, lr, weight_decay, head_mult, prompt_mult), lr, (0.9, 0.999))
+        optimizer = adamw(tagclip_param_groups(model, lr, weight_decay, head_mult, prompt_mult, vision_mult), lr,
+                          (0.9, 0.999))
         scheduler = poly_with_warmup(optimizer, total_steps, warmup_steps, poly_power, warmup="mmcv",
                                      min_lr_ratio=min_lr / lr if lr > 0 else 0.0)
         return cls(model, optimizer, scheduler, model_config, text=classifier.embeddings.detach(), split=split,
