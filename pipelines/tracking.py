@@ -149,7 +149,12 @@ def deviation_tags(deviations: Sequence[str]) -> dict[str, str]:
 
 
 def emit_result(result: Mapping[str, Any]) -> None:
-    """Print the job's headline metrics as the last stdout line (one JSON object)."""
+    """Print the job's headline metrics as the last stdout line (one JSON object), after the Ray session
+    the job opened is closed (nothing forwarded from Ray's workers can follow it)."""
+    if "ray" in sys.modules:
+        from pipelines.io.runtime import release_ray
+
+        release_ray()
     sys.stdout.flush()
     print(json.dumps(dict(result), sort_keys=True, default=float), flush=True)
 

@@ -37,11 +37,13 @@ PROGRAM = textwrap.dedent("""
                                               fault_hooks.exit_once_at_step_3])
         import ray
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-        print(json.dumps({**result, "cluster_nodes": nodes}), flush=True)
+        result = {**result, "cluster_nodes": nodes}
     finally:
         import ray
         ray.shutdown()
         cluster.shutdown()
+    # after the shutdown: a raylet line forwarded to this driver could otherwise follow the result
+    print(json.dumps(result), flush=True)
 """)
 
 

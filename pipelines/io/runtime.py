@@ -29,6 +29,9 @@ def worker_env(tracking_uri: str | None = None) -> dict[str, str]:
     return env
 
 
+_STARTED_HERE = False  # whether init_ray opened the Ray session of this process
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              tracking_uri: str | None = None) -> None:
     """Join the cluster in RAY_ADDRESS / ``address`` (``ray job submit`` sets it; ``auto``: the newest
@@ -38,6 +41,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     A locally started instance runs with token auth disabled only when the caller set
     ``RAY_AUTH_MODE=disabled``; it binds to 127.0.0.1 and has no dashboard unless asked.
     """
+    global _STARTED_HERE
     if ray.is_initialized():
         return
     env = worker_env(tracking_uri)
@@ -52,14 +56,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
             from sseg.errors import SsegError, first_line
 
             raise SsegError(f"no Ray cluster answers at {address}: {first_line(exc)}") from None
+        _STARTED_HERE = True
         return
     log.info("starting a local Ray instance (%s CPUs)", num_cpus or "all")
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls;
     # without it the cleaner logs a warning every second.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              runtime_env=runtime_env, _node_ip_address="127.0.0.1", log_to_driver=True)
+    _STARTED_HERE = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = os.environ.get("SSEG_PROGRESS_BARS", "1") == "1"
+
+
+def release_ray() -> None:
+    """Disconnect the Ray session :func:`init_ray` opened (a caller's own session is left alone). A job
+    calls it before its result line: worker and raylet log lines forwarded to the driver's stdout could
+    otherwise follow the line that must come last."""
+    global _STARTED_HERE
+    if _STARTED_HERE and ray.is_initialized():
+        ray.shutdown()
+    _STARTED_HERE = False
 
 
 def require_gpus(needed: float, field: str) -> None:
