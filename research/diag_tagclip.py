@@ -93,7 +93,6 @@ def main() -> None:
     from sseg.inference import build_text_classifier
     from sseg.tagclip.build import build_tagclip_model, vlm_model_config
     from sseg.tagclip.losses import LossWeights
-    from sseg.tagclip.splits import ClassSplit
     from sseg.tagclip.step import TagCLIPStep
 
     cfg = TagCLIPConfig.model_validate({"vlm": {"checkpoint": args.vlm}, "data": {"split": args.split},
@@ -144,7 +143,7 @@ def main() -> None:
         score_fn = lambda im: F.interpolate(probe(dense(prep_image(im))), size=np.asarray(im).shape[:2],  # noqa: E731
                                             mode="bilinear")[0]
     else:
-        step = TagCLIPStep.create(model, model_config, ClassSplit(**train_split.__dict__), cfg.data.templates,
+        step = TagCLIPStep.create(model, model_config, train_split, cfg.data.templates,
                                   device=torch.device("cpu"), lr=args.lr, weight_decay=0.01,
                                   head_mult=args.head_lr_mult, prompt_mult=10.0, total_steps=args.steps,
                                   warmup_steps=0, poly_power=0.9, weights=LossWeights(),
