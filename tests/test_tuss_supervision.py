@@ -126,3 +126,14 @@ def test_noisy_labels_start_the_bootstrap_and_are_then_replaced_by_scores():
     np.testing.assert_allclose(sup.fill(2 * SCORES), SCORES / SCORES.sum(1, keepdims=True), rtol=1e-6)
     full = Supervision("full", 3, proportions=PROPORTIONS)
     np.testing.assert_array_equal(full.initial(SCORES), PROPORTIONS)
+
+
+def test_noisy_labels_can_be_mixed_with_the_scores_or_filtered_by_them():
+    noisy = np.eye(3, dtype=np.float32)[[0, 1, 2, 1]]
+    noisy[2] = 0.0  # a mask without a label stays without one under the filter
+    rows = SCORES / SCORES.sum(1, keepdims=True)
+    mixed = Supervision("noisy", 3, proportions=noisy, keep=0.25).fill(SCORES)
+    np.testing.assert_allclose(mixed, 0.25 * noisy + 0.75 * rows, rtol=1e-6)
+    # argmax of SCORES: 0, 2, 1, 0 → only the first label (0) agrees
+    kept = Supervision("noisy", 3, proportions=noisy, filter=True).fill(SCORES)
+    np.testing.assert_array_equal(kept, np.eye(3, dtype=np.float32)[[0]].repeat(4, 0) * [[1], [0], [0], [0]])

@@ -41,6 +41,8 @@ class Setting:
     # the corrupted labels as pseudo-labels the bootstrap replaces (Supervision "noisy"); default: kept as
     # the supervision, the paper's rule for full supervision (one round, Y reset to the labels)
     noise_refill: bool = False
+    noise_keep: float = 0.0  # with noise_refill: share of the corrupted labels kept at each fill
+    noise_filter: bool = False  # with noise_refill: keep only the labels the previous step's argmax agrees with
 
 
 def supervision_factory(setting: Setting, train: SplitData, num_classes: int):
@@ -56,7 +58,8 @@ def supervision_factory(setting: Setting, train: SplitData, num_classes: int):
             noisy, _ = noisy_full_labels(proportions, setting.noise_rate, np.random.default_rng(setting.noise_seed),
                                          confusion)
             kind = "noisy" if setting.noise_refill else "full"
-            return lambda rows: Supervision(kind, num_classes, proportions=noisy[rows])
+            return lambda rows: Supervision(kind, num_classes, proportions=noisy[rows], keep=setting.noise_keep,
+                                            filter=setting.noise_filter)
         return lambda rows: Supervision("full", num_classes, proportions=proportions[rows])
     if setting.kind == "semi":
         if setting.labeled_images is None:

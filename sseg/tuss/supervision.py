@@ -75,6 +75,11 @@ class Supervision:
     labelled: np.ndarray | None = None  # bool [N] (semi): the mask's image is labelled
     image_index: np.ndarray | None = None  # [N] (weak)
     image_labels: np.ndarray | None = None  # bool [images, C] (weak)
+    # noisy: share of the given labels kept when filling in (soft bootstrapping, Reed et al. 2015);
+    # 0 replaces them by the scores entirely
+    keep: float = 0.0
+    # noisy: keep a given label only where the scores' argmax agrees with it (the rest: no label)
+    filter: bool = False
 
     def __post_init__(self) -> None:
         need = {"full": ("proportions",), "noisy": ("proportions",), "semi": ("proportions", "labelled"),
@@ -98,9 +103,14 @@ class Supervision:
             raise DataError(f"scores have {scores.shape[-1]} classes, the class list {self.num_classes}")
         if self.kind == "full":
             return self.proportions.astype(np.float32)
+        if self.kind == "noisy" and self.filter:
+            given = self.proportions.sum(axis=1) > 0
+            agree = given & (scores.argmax(axis=1) == self.proportions.argmax(axis=1))
+            return (self.proportions * agree[:, None]).astype(np.float32)
         if self.kind == "noisy":
             total = scores.sum(axis=1, keepdims=True)
-            return np.divide(scores, total, out=np.zeros_like(scores, dtype=np.float32), where=total > 0)
+            filled = np.divide(scores, total, out=np.zeros_like(scores, dtype=np.float32), where=total > 0)
+            return (self.keep * self.proportions + (1.0 - self.keep) * filled).astype(np.float32)
         if self.kind == "semi":
             return semi_labels(self.proportions, scores, self.labelled)
         if self.kind == "weak":

@@ -1,0 +1,108 @@
+"""Why does GLCC keep most of the linear probe's loss under confusion-shaped label noise (issue 22)?
+
+The product's TUSS inputs, embedding cache and ``run_setting`` on one VLM, full supervision with labels corrupted
+along the zero-shot confusion matrix, one classifier variant at a time. The first call embeds (Ray Data, the
+product's cache); later calls read the cache and save the two splits to ``--store`` so a variant takes seconds.
+
+    python research/diag_tuss_noise.py --vlm <S-Seg run id> --rate 0.4 --noise confusion
+    python research/diag_tuss_noise.py --vlm <id> --variant refill --variant glcc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import sseg  # noqa: E402,F401
+
+GLCC = ("probe", "propagation", "probe", "propagation")
+VARIANTS = {  # name → (order, noise_refill)
+    "probe": (("probe",), False),
+    "glcc": (GLCC, False),
+    "refill": (GLCC, True),
+    "propagation": (("propagation",), False),
+    "refill_il": (("propagation", "probe", "propagation", "probe"), True),
+    "refill_il_lp": (("propagation", "probe"), True),
+    "refill_il_lp_il": (("propagation", "probe", "propagation"), True),
+}
+
+
+def splits(vlm: str, store: Path):
+    if store.exists():
+        return pickle.loads(store.read_bytes())
+    from pipelines.inputs.tuss import prepare
+    from pipelines.io.runtime import init_ray, release_ray
+    from pipelines.runs.tuss import embed_splits
+    from schemas.configs import TussConfig
+
+    cfg = TussConfig.model_validate({"vlm": {"checkpoint": vlm}, "supervision": {"kind": "full"}})
+    prep = prepare(cfg)
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    train, val, _ = embed_splits(cfg, prep, cfg.embed)
+    release_ray()
+    data = (train, val, len(prep.class_names), cfg.classifier)
+    store.write_bytes(pickle.dumps(data))
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vlm", required=True)
+    parser.add_argument("--store", type=Path, default=Path("runs/diag_tuss_noise.pkl"))
+    parser.add_argument("--rate", type=float, action="append")
+    parser.add_argument("--noise", default="confusion", choices=("confusion", "uniform"))
+    parser.add_argument("--variant", action="append", choices=sorted(VARIANTS))
+    parser.add_argument("--weights", type=float, nargs="*", help="the combination-weight grid (default: the product's)")
+    parser.add_argument("--alphas", type=float, nargs="*", help="the α grid (default: the product's)")
+    parser.add_argument("--noise-seed", type=int, default=0)
+    parser.add_argument("--keep", type=float, default=0.0, help="refill variants: share of the noisy labels kept")
+    parser.add_argument("--filter", action="store_true", help="refill variants: keep the labels the step agrees with")
+    parser.add_argument("--oracle-drop", action="store_true",
+                        help="control: the corrupted masks lose their label instead (a perfect noise detector)")
+    args = parser.parse_args()
+    import sseg.tuss.experiment as experiment
+    from sseg.tuss.experiment import Setting, run_setting
+
+    if args.oracle_drop:
+        corrupt = experiment.noisy_full_labels
+
+        def dropped(proportions, rate, rng, confusion=None):
+            y, changed = corrupt(proportions, rate, rng, confusion)
+            y[changed] = 0.0
+            return y, changed
+
+        experiment.noisy_full_labels = dropped
+
+    train, val, num_classes, classifier = splits(args.vlm, args.store)
+    grid = dict(classifier.grid)
+    if args.weights:
+        grid["weight"] = list(args.weights)
+    if args.alphas:
+        grid["alpha"] = list(args.alphas)
+    for rate in args.rate or [0.0, 0.4]:
+        for name in args.variant or ["probe", "glcc"]:
+            order, refill = VARIANTS[name]
+            setting = Setting(kind="full", order=order, noise_rate=rate, noise=args.noise, noise_seed=args.noise_seed,
+                              noise_refill=refill, noise_keep=args.keep, noise_filter=args.filter)
+            start = time.perf_counter()
+            out = run_setting(setting, train, val, classifier.glcc, num_classes, tune=classifier.tune, grid=grid,
+                              holdout_fraction=classifier.holdout_fraction, seed=classifier.seed)
+            row = {"variant": name, "rate": rate, "noise": args.noise, "keep": args.keep, "oracle_drop": args.oracle_drop, "filter": args.filter, "miou": round(100 * out["miou"], 1),
+                   "f1": round(100 * out["f1"], 1), "alpha": out.get("alpha"), "k": out.get("k"),
+                   "weight": out.get("weight"), "pseudo_before": round(100 * out.get("pseudo_before.miou", 0), 1),
+                   "pseudo_after": round(100 * out.get("pseudo_after.miou", 0), 1),
+                   "seconds": round(time.perf_counter() - start, 1)}
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
