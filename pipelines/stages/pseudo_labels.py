@@ -123,13 +123,16 @@ def build_pseudo_label_cache(cache: PseudoLabelCache, checkpoint: str | Path, da
     written = 0
     if todo:
         dataset = {**dataset, "root": str(Path(dataset["root"]).resolve())}  # actors run elsewhere
+        actors = max(1, min(num_actors, len(todo)))
         items = [{"chunk": c, "start": cache.chunk_range(c)[0], "stop": cache.chunk_range(c)[1]} for c in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         ds = ds.map_batches(
             LabelChunk, fn_constructor_kwargs=dict(checkpoint=str(Path(checkpoint).resolve()), dataset=dataset,
                                                    class_names=list(class_names), segment=segment,
                                                    cache_key=cache.key, threads=threads),
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(num_actors, len(todo)))),
+            # every actor from the start: the work is known, and an autoscaled pool adds its second actor
+            # only once a backlog shows, too late in a short pass
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
             num_gpus=gpus_per_actor, num_cpus=0 if gpus_per_actor else threads, batch_size=1,
             batch_format="numpy")
         pending: dict[int, list[dict]] = defaultdict(list)
