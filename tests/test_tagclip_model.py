@@ -45,6 +45,19 @@ def test_output_channels_with_and_without_the_token(token, learner):
     assert (model.decoder.learner is not None) == learner
 
 
+def test_variants_share_the_initialisation_of_the_shared_modules():
+    """Under one seed every variant starts from the same VLM, query projection and layers (weights and
+    biases), so a paired ablation row differs from the baseline by its change only."""
+    states = {v: sseg_tagclip(token, learner).state_dict() for (token, learner), v in VARIANTS.items()}
+    base = states["baseline"]
+    assert any(k.startswith("decoder.layers.") for k in base)
+    for variant, state in states.items():
+        for key, value in base.items():
+            assert torch.equal(state[key], value), (variant, key)
+    assert not torch.equal(states["token_no_learner"]["decoder.trusty_token"],
+                           states["tagclip"]["decoder.layers.0.cross.q.weight"][:1])
+
+
 def test_trusty_token_joins_the_queries_only_through_the_learner():
     """Without the learner, class maps do not depend on the token; with it they do."""
     x, text = torch.randn(1, 3, 64, 64), torch.randn(3, 16)

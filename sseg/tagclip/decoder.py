@@ -91,11 +91,22 @@ class TagCLIPDecoder(nn.Module):
         if dim % heads:
             raise ConfigError(f"the VLM embedding size {dim} is not divisible by {heads} decoder heads")
         self.dim = dim
+        # the shared modules draw their initial values before the optional ones, so that under one seed every
+        # variant (baseline, token, learner) starts from the same query projection and layers: a paired
+        # ablation then compares the change, not two initialisation draws
         self.query_proj = nn.Linear(2 * dim, dim)
-        self.trusty_token = nn.Parameter(torch.empty(1, dim)) if trusty_token else None
-        self.learner = TrustyLearner(dim, heads, dropout) if trusty_learner else None
         self.layers = nn.ModuleList(AttentionToMaskLayer(dim, heads, ffn_ratio, dropout) for _ in range(layers))
-        for p in self.parameters():
+        self._xavier(self.parameters())
+        self.learner = TrustyLearner(dim, heads, dropout) if trusty_learner else None
+        self.trusty_token = nn.Parameter(torch.empty(1, dim)) if trusty_token else None
+        if self.learner is not None:
+            self._xavier(self.learner.parameters())
+        if self.trusty_token is not None:
+            nn.init.xavier_uniform_(self.trusty_token)
+
+    @staticmethod
+    def _xavier(parameters) -> None:
+        for p in parameters:
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
