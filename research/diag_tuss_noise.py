@@ -33,6 +33,7 @@ VARIANTS = {  # name → (order, noise_refill)
     "refill_il": (("propagation", "probe", "propagation", "probe"), True),
     "refill_il_lp": (("propagation", "probe"), True),
     "refill_il_lp_il": (("propagation", "probe", "propagation"), True),
+    "refill_x3": (GLCC * 3, True),  # three GLCC rounds: room for the noise model's EM to converge
 }
 
 
@@ -66,8 +67,11 @@ def main() -> None:
     parser.add_argument("--noise-seed", type=int, default=0)
     parser.add_argument("--keep", type=float, default=0.0, help="refill variants: share of the noisy labels kept")
     parser.add_argument("--filter", action="store_true", help="refill variants: keep the labels the step agrees with")
+    parser.add_argument("--transition", action="store_true",
+                        help="refill variants: labels = the posterior under an estimated noise transition matrix")
     parser.add_argument("--oracle-drop", action="store_true",
                         help="control: the corrupted masks lose their label instead (a perfect noise detector)")
+    parser.add_argument("--gce-q", type=float, default=0.0, help="the probe's generalised cross-entropy q (0: CE)")
     args = parser.parse_args()
     import sseg.tuss.experiment as experiment
     from sseg.tuss.experiment import Setting, run_setting
@@ -83,6 +87,10 @@ def main() -> None:
         experiment.noisy_full_labels = dropped
 
     train, val, num_classes, classifier = splits(args.vlm, args.store)
+    if args.gce_q:
+        glcc = classifier.glcc
+        classifier = classifier.model_copy(update={"glcc": glcc.model_copy(update={
+            "probe": glcc.probe.model_copy(update={"gce_q": args.gce_q})})})
     grid = dict(classifier.grid)
     if args.weights:
         grid["weight"] = list(args.weights)
@@ -92,11 +100,14 @@ def main() -> None:
         for name in args.variant or ["probe", "glcc"]:
             order, refill = VARIANTS[name]
             setting = Setting(kind="full", order=order, noise_rate=rate, noise=args.noise, noise_seed=args.noise_seed,
-                              noise_refill=refill, noise_keep=args.keep, noise_filter=args.filter)
+                              noise_refill=refill, noise_keep=args.keep, noise_filter=args.filter,
+                              noise_transition=args.transition)
             start = time.perf_counter()
             out = run_setting(setting, train, val, classifier.glcc, num_classes, tune=classifier.tune, grid=grid,
                               holdout_fraction=classifier.holdout_fraction, seed=classifier.seed)
-            row = {"variant": name, "rate": rate, "noise": args.noise, "keep": args.keep, "oracle_drop": args.oracle_drop, "filter": args.filter, "miou": round(100 * out["miou"], 1),
+            row = {"variant": name, "rate": rate, "noise": args.noise, "keep": args.keep, "oracle_drop": args.oracle_drop, "filter": args.filter,
+                   "transition": args.transition,
+                   "gce_q": args.gce_q, "miou": round(100 * out["miou"], 1),
                    "f1": round(100 * out["f1"], 1), "alpha": out.get("alpha"), "k": out.get("k"),
                    "weight": out.get("weight"), "pseudo_before": round(100 * out.get("pseudo_before.miou", 0), 1),
                    "pseudo_after": round(100 * out.get("pseudo_after.miou", 0), 1),

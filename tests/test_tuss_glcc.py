@@ -247,3 +247,18 @@ def test_glcc_cleans_noisy_pseudo_labels():
     before = (out.labels_before.argmax(1) == train_y).mean()
     after = (out.labels_after.argmax(1) == train_y).mean()
     assert before == pytest.approx(0.6, abs=0.01) and after > before + 0.15, (before, after)
+
+
+def test_generalised_cross_entropy_tends_to_cross_entropy_and_is_bounded_at_q_1():
+    import torch
+
+    from sseg.tuss.probe import generalised_cross_entropy, soft_cross_entropy
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.3, 0.7, 0.0]])
+    weights = torch.tensor([1.0, 2.0])
+    ce = soft_cross_entropy(logits, targets, weights)
+    assert torch.isclose(generalised_cross_entropy(logits, targets, weights, 1e-5), ce, rtol=1e-3)
+    p = logits.softmax(-1)
+    mae = (weights * (targets * (1 - p)).sum(-1)).mean()  # q = 1: the bounded, noise-robust loss
+    assert torch.isclose(generalised_cross_entropy(logits, targets, weights, 1.0), mae)

@@ -10,8 +10,8 @@ from sseg.errors import DataError
 from sseg.inference import TextClassifier
 from sseg.models.mask_classification import classify_masks
 from sseg.tuss.supervision import (Supervision, confusion_counts, corrupt_labels, image_labels_from_label_map,
-                                   image_labels_from_names, noisy_full_labels, semi_labels, weak_labels,
-                                   zero_shot_scores)
+                                   image_labels_from_names, noise_transition, noisy_full_labels, semi_labels,
+                                   weak_labels, zero_shot_scores)
 
 PROPORTIONS = np.array([[1.0, 0.0, 0.0], [0.25, 0.75, 0.0], [0.0, 0.0, 0.5], [0.0, 1.0, 0.0]], dtype=np.float32)
 SCORES = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1], [0.5, 0.25, 0.25]], dtype=np.float32)
@@ -137,3 +137,23 @@ def test_noisy_labels_can_be_mixed_with_the_scores_or_filtered_by_them():
     # argmax of SCORES: 0, 2, 1, 0 → only the first label (0) agrees
     kept = Supervision("noisy", 3, proportions=noisy, filter=True).fill(SCORES)
     np.testing.assert_array_equal(kept, np.eye(3, dtype=np.float32)[[0]].repeat(4, 0) * [[1], [0], [0], [0]])
+
+
+def test_noise_transition_is_the_label_distribution_of_each_scored_class_and_the_posterior_follows_bayes():
+    # scores say masks 0-3 are class 0 and masks 4-5 class 1; class 0 is labelled 1 once in four
+    scores = np.eye(3, dtype=np.float32)[[0, 0, 0, 0, 1, 1]]
+    given = np.eye(3, dtype=np.float32)[[0, 0, 0, 1, 1, 1]]
+    given_unlabelled = np.vstack([given, np.zeros((1, 3), np.float32)])
+    t = noise_transition(np.vstack([scores, [[0, 0, 1]]]), given_unlabelled)
+    np.testing.assert_allclose(t, [[0.75, 0.25, 0], [0, 1, 0], [0, 0, 1]])  # class 2: no labelled mask → identity
+    soft = np.array([[0.5, 0.5, 0.0]], dtype=np.float32)
+    out = Supervision("noisy", 3, proportions=np.array([[0, 1, 0]], np.float32), transition=True).fill(
+        np.vstack([soft]))
+    # one mask: T rows = its own scores' label distribution → both rows [0, 1, 0]: posterior ∝ 0.5·1, 0.5·1
+    np.testing.assert_allclose(out, [[0.5, 0.5, 0.0]], rtol=1e-6)
+    mixed = np.vstack([scores, soft])
+    labels = np.vstack([given, [[0, 1, 0]]]).astype(np.float32)
+    t = noise_transition(mixed, labels)
+    post = Supervision("noisy", 3, proportions=labels, transition=True).fill(mixed)
+    expected = 0.5 * t[:, 1]
+    np.testing.assert_allclose(post[-1], expected / expected.sum(), rtol=1e-5)

@@ -61,6 +61,9 @@ class ProbeConfig(StrictModel):
     epochs: int = Field(30, gt=0)
     warmup_epochs: int = Field(3, ge=0)
     seed: int = 0
+    # research option (issue 22's noise study): the generalised cross-entropy (1 - p^q) / q of Zhang and Sabuncu
+    # (2018), robust to label noise; 0 = plain cross-entropy (the paper)
+    gce_q: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class PropagationConfig(StrictModel):

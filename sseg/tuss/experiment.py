@@ -43,6 +43,7 @@ class Setting:
     noise_refill: bool = False
     noise_keep: float = 0.0  # with noise_refill: share of the corrupted labels kept at each fill
     noise_filter: bool = False  # with noise_refill: keep only the labels the previous step's argmax agrees with
+    noise_transition: bool = False  # with noise_refill: labels = the posterior under an estimated noise model
 
 
 def supervision_factory(setting: Setting, train: SplitData, num_classes: int):
@@ -59,7 +60,7 @@ def supervision_factory(setting: Setting, train: SplitData, num_classes: int):
                                          confusion)
             kind = "noisy" if setting.noise_refill else "full"
             return lambda rows: Supervision(kind, num_classes, proportions=noisy[rows], keep=setting.noise_keep,
-                                            filter=setting.noise_filter)
+                                            filter=setting.noise_filter, transition=setting.noise_transition)
         return lambda rows: Supervision("full", num_classes, proportions=proportions[rows])
     if setting.kind == "semi":
         if setting.labeled_images is None:

@@ -42,6 +42,12 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor) -> Tens
     return (weights * -(targets * logits.log_softmax(dim=-1)).sum(dim=-1)).mean()
 
 
+def generalised_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor, q: float) -> Tensor:
+    """``mean_i w_i · Σ_c y_ic (1 − p_ic^q) / q``: cross-entropy as q → 0, the (noise-robust) MAE at q = 1."""
+    p = logits.softmax(dim=-1).clamp_min(1e-12)
+    return (weights * (targets * (1 - p ** q) / q).sum(dim=-1)).mean()
+
+
 def train_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig) -> CosineProbe:
     """Fit on embeddings ``x [N, D]``, soft labels ``y [N, C]`` and mask areas ``[N]``; masks whose label row
     is all zero carry no supervision and are left out."""
@@ -72,7 +78,8 @@ def train_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig
             for group in opt.param_groups:
                 group["lr"] = learning_rate(step, total, warmup, cfg.lr)
             logits = cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T
-            loss = soft_cross_entropy(logits, ys[idx], ws[idx])
+            loss = (soft_cross_entropy(logits, ys[idx], ws[idx]) if not cfg.gce_q
+                    else generalised_cross_entropy(logits, ys[idx], ws[idx], cfg.gce_q))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -80,6 +80,10 @@ class Supervision:
     keep: float = 0.0
     # noisy: keep a given label only where the scores' argmax agrees with it (the rest: no label)
     filter: bool = False
+    # noisy: a class-conditional noise model (Dawid and Skene's EM): the transition matrix T[true, given] is
+    # estimated from the scores and the given labels, and each mask's label becomes its posterior
+    # scores(true) * T[true, given], rows normalised
+    transition: bool = False
 
     def __post_init__(self) -> None:
         need = {"full": ("proportions",), "noisy": ("proportions",), "semi": ("proportions", "labelled"),
@@ -103,6 +107,8 @@ class Supervision:
             raise DataError(f"scores have {scores.shape[-1]} classes, the class list {self.num_classes}")
         if self.kind == "full":
             return self.proportions.astype(np.float32)
+        if self.kind == "noisy" and self.transition:
+            return noise_posterior(scores, self.proportions)
         if self.kind == "noisy" and self.filter:
             given = self.proportions.sum(axis=1) > 0
             agree = given & (scores.argmax(axis=1) == self.proportions.argmax(axis=1))
@@ -116,6 +122,36 @@ class Supervision:
         if self.kind == "weak":
             return weak_labels(scores, self.image_index, self.image_labels)
         raise DataError("open-vocabulary supervision trains nothing: classify by the zero-shot argmax")
+
+
+def noise_transition(scores: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """``T [C, C]``: row k = how the masks the scores put in class k are labelled (the M-step of Dawid and
+    Skene with the scores as the posterior of the true class); masks without a given label do not count."""
+    has = given.sum(axis=1) > 0
+    labels = np.zeros_like(given, dtype=np.float64)
+    labels[has, given[has].argmax(axis=1)] = 1.0
+    s = normalise_scores(scores)[has]
+    counts = s.T @ labels[has]  # [true, given]
+    total = counts.sum(axis=1, keepdims=True)
+    c = given.shape[1]
+    return np.where(total > 0, counts / np.maximum(total, 1e-12), np.eye(c))
+
+
+def noise_posterior(scores: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Each given label replaced by the posterior of the true class, ``scores(k) · T[k, given]`` rows normalised
+    (:func:`noise_transition`); masks without a label keep their normalised scores."""
+    s = normalise_scores(scores)
+    has = given.sum(axis=1) > 0
+    t = noise_transition(scores, given)
+    out = s.copy()
+    likelihood = t[:, given[has].argmax(axis=1)].T  # [n, true]: P(given label | true class)
+    out[has] = normalise_scores(s[has] * likelihood)
+    return out.astype(np.float32)
+
+
+def normalise_scores(scores: np.ndarray) -> np.ndarray:
+    total = scores.sum(axis=1, keepdims=True)
+    return np.divide(scores, total, out=np.zeros_like(scores, dtype=np.float64), where=total > 0)
 
 
 # ----------------------------------------------------------------------------- image-level labels
