@@ -118,12 +118,20 @@ def _train(settings: LoopSettings) -> None:
     beat(0, "starting")
     torch.set_num_threads(settings.threads)
     device = ray.train.torch.get_device()
+    local_batch = settings.global_batch_size // world_size
+    shard = ray.train.get_dataset_shard("train")
+    checkpoint = ray.train.get_checkpoint()
+    # a fresh run starts epoch 0's data (Ray Data's first execution: its actors and tasks start, import and
+    # read) while the step builds the model, instead of after it (issue 25: the two overlapped take ≈ the
+    # longer one). A resumed run opens its epoch once the checkpoint says which.
+    early = None
+    if checkpoint is None and not settings.resume_checkpoint:
+        early = _FirstBatch(shard.iter_batches(**_batch_options(settings, local_batch, 0)))
     step_obj = settings.step_builder(settings.config, device=device, rank=rank, world_size=world_size,
                      total_steps=settings.total_steps, warmup_steps=settings.warmup_steps)
     callbacks = settings.callbacks
 
     step, position = 0, DataPosition()
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and settings.resume_checkpoint:
         checkpoint = Checkpoint.from_directory(settings.resume_checkpoint)
     if checkpoint is not None:
@@ -144,8 +152,6 @@ def _train(settings: LoopSettings) -> None:
                       tracking_uri=settings.tracking_uri)
     if checkpoint is not None:
         tracker.log_metrics({"train.resumed_from_step": step}, step=step)
-    local_batch = settings.global_batch_size // world_size
-    shard = ray.train.get_dataset_shard("train")
 
     def report(metrics: dict, save: bool) -> None:
         if save and rank == 0:
@@ -159,12 +165,10 @@ def _train(settings: LoopSettings) -> None:
 
     window_start, window_images = time.perf_counter(), 0
     while step < settings.total_steps:
-        batches = iter(shard.iter_batches(batch_size=local_batch, batch_format="numpy", drop_last=True,
-                                          local_shuffle_buffer_size=settings.shuffle_buffer or None,
-                                          local_shuffle_seed=(None if settings.data_seed is None
-                                                              or not settings.shuffle_buffer
-                                                              else settings.data_seed * 1000 + epoch),
-                                          prefetch_batches=2))
+        if early is not None:
+            batches, early = early.batches(), None
+        else:
+            batches = iter(shard.iter_batches(**_batch_options(settings, local_batch, epoch)))
         steps_this_epoch = 0
         if skip_batches:  # resumed mid-epoch: drop the batches this epoch has already trained on
             beat(step, "data")
@@ -209,6 +213,40 @@ def _train(settings: LoopSettings) -> None:
             raise RuntimeError("the training data yielded no full batch: fewer samples than "
                                f"the global batch size {settings.global_batch_size}")
         epoch += 1
+
+
+def _batch_options(settings: LoopSettings, local_batch: int, epoch: int) -> dict:
+    """``iter_batches`` arguments of one epoch (the local shuffle's seed follows the data seed and the epoch)."""
+    seeded = settings.data_seed is not None and settings.shuffle_buffer
+    return dict(batch_size=local_batch, batch_format="numpy", drop_last=True,
+                local_shuffle_buffer_size=settings.shuffle_buffer or None,
+                local_shuffle_seed=settings.data_seed * 1000 + epoch if seeded else None, prefetch_batches=2)
+
+
+class _FirstBatch:
+    """Pulls the first batch of an iterable in a background thread; :meth:`batches` waits for it and returns
+    an iterator over every batch (an error of the pull is raised there, in the training thread)."""
+
+    def __init__(self, iterable) -> None:
+        self._iterator = iter(iterable)
+        self._box: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._pull, name="sseg-first-batch", daemon=True)
+        self._thread.start()
+
+    def _pull(self) -> None:
+        try:
+            self._box["first"] = next(self._iterator, None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the training thread
+            self._box["error"] = exc
+
+    def batches(self):
+        import itertools
+
+        self._thread.join()
+        if "error" in self._box:
+            raise self._box["error"]
+        first = self._box["first"]
+        return iter(()) if first is None else itertools.chain([first], self._iterator)
 
 
 def newest_checkpoint(run_dir: str | Path) -> tuple[str, int] | None:
