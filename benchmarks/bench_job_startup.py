@@ -8,8 +8,10 @@ cuts the run into phases at the lines each stage prints:
     ray_init       → "Started a local Ray instance" (once per job)
     cache          → "pseudo-mask cache built" (Ray Data: actor start-up + the work; skipped when cached)
     mlflow         → the "[sseg] run …" line (run creation, parameters, lineage)
-    train_startup  → the first "[sseg] step" line (Ray Train controller, worker group, worker imports, the
-                     training dataset's first execution, the first steps)
+    train_controller → Ray Train's controller asks for the worker group (controller actor start-up)
+    train_workers  → "Started training worker group" (worker processes start, import, process group)
+    train_startup  → the first "[sseg] step" line (in the worker: the step builds the model, the training
+                     dataset's first execution, the first steps)
     train_rest     → the last "[sseg] step" line
     evaluation     → the result JSON line (evaluation through Ray Data, checkpoint, logging)
     shutdown       → process exit
@@ -40,6 +42,8 @@ MARKS = [  # (phase that ends at this line, pattern)
     ("ray_init", re.compile(r"Started a local Ray instance")),
     ("cache", re.compile(r"pseudo-mask cache (built|complete|up to date)|already in the cache, 0 to process")),
     ("mlflow", re.compile(r"\[sseg\] run \S+: ")),
+    ("train_controller", re.compile(r"Attempting to start training worker group")),
+    ("train_workers", re.compile(r"Started training worker group")),
     ("train_startup", re.compile(r"\[sseg\] step \d+/\d+")),
 ]
 STEP = re.compile(r"\[sseg\] step (\d+)/(\d+)")
