@@ -71,6 +71,8 @@ def main() -> None:
                         help="refill variants: labels = the posterior under an estimated noise transition matrix")
     parser.add_argument("--oracle-drop", action="store_true",
                         help="control: the corrupted masks lose their label instead (a perfect noise detector)")
+    parser.add_argument("--rank-keep", type=float, default=0.0,
+                        help="refill variants: keep the top share of each given class by the step's score")
     parser.add_argument("--gce-q", type=float, default=0.0, help="the probe's generalised cross-entropy q (0: CE)")
     args = parser.parse_args()
     import sseg.tuss.experiment as experiment
@@ -101,13 +103,13 @@ def main() -> None:
             order, refill = VARIANTS[name]
             setting = Setting(kind="full", order=order, noise_rate=rate, noise=args.noise, noise_seed=args.noise_seed,
                               noise_refill=refill, noise_keep=args.keep, noise_filter=args.filter,
-                              noise_transition=args.transition)
+                              noise_transition=args.transition, noise_rank_keep=args.rank_keep)
             start = time.perf_counter()
             out = run_setting(setting, train, val, classifier.glcc, num_classes, tune=classifier.tune, grid=grid,
                               holdout_fraction=classifier.holdout_fraction, seed=classifier.seed)
             row = {"variant": name, "rate": rate, "noise": args.noise, "keep": args.keep, "oracle_drop": args.oracle_drop, "filter": args.filter,
                    "transition": args.transition,
-                   "gce_q": args.gce_q, "miou": round(100 * out["miou"], 1),
+                   "gce_q": args.gce_q, "rank_keep": args.rank_keep, "miou": round(100 * out["miou"], 1),
                    "f1": round(100 * out["f1"], 1), "alpha": out.get("alpha"), "k": out.get("k"),
                    "weight": out.get("weight"), "pseudo_before": round(100 * out.get("pseudo_before.miou", 0), 1),
                    "pseudo_after": round(100 * out.get("pseudo_after.miou", 0), 1),

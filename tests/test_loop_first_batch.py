@@ -28,9 +28,9 @@ def test_an_empty_source_gives_no_batch_and_an_error_reaches_the_training_thread
         raise ValueError("corrupt shard")
         yield  # pragma: no cover
 
-    early = _FirstBatch(broken())
+    batches = _FirstBatch(broken()).batches()  # nothing waits yet: the loop beats "waiting for data" first
     with pytest.raises(ValueError, match="corrupt shard"):
-        early.batches()
+        next(batches)
 
 
 def test_batch_options_seed_the_local_shuffle_per_epoch_only_with_seeded_data():

@@ -10,8 +10,8 @@ from sseg.errors import DataError
 from sseg.inference import TextClassifier
 from sseg.models.mask_classification import classify_masks
 from sseg.tuss.supervision import (Supervision, confusion_counts, corrupt_labels, image_labels_from_label_map,
-                                   image_labels_from_names, noise_transition, noisy_full_labels, semi_labels,
-                                   weak_labels, zero_shot_scores)
+                                   image_labels_from_names, noise_transition, noisy_full_labels, ranked_within_class,
+                                   semi_labels, weak_labels, zero_shot_scores)
 
 PROPORTIONS = np.array([[1.0, 0.0, 0.0], [0.25, 0.75, 0.0], [0.0, 0.0, 0.5], [0.0, 1.0, 0.0]], dtype=np.float32)
 SCORES = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1], [0.5, 0.25, 0.25]], dtype=np.float32)
@@ -157,3 +157,15 @@ def test_noise_transition_is_the_label_distribution_of_each_scored_class_and_the
     post = Supervision("noisy", 3, proportions=labels, transition=True).fill(mixed)
     expected = 0.5 * t[:, 1]
     np.testing.assert_allclose(post[-1], expected / expected.sum(), rtol=1e-5)
+
+
+def test_rank_selection_keeps_each_given_classs_best_scored_share_even_against_the_argmax():
+    # class 1 is flooded: four masks labelled 1, all with the argmax on class 0, ranked by their class-1 score
+    given = np.eye(2, dtype=np.float32)[[1, 1, 1, 1, 0, 0]]
+    scores = np.array([[0.9, 0.1], [0.6, 0.4], [0.7, 0.3], [0.95, 0.05], [0.8, 0.2], [0.3, 0.7]], np.float32)
+    np.testing.assert_array_equal(ranked_within_class(scores, given, 0.5), [False, True, True, False, True, False])
+    unlabelled = np.vstack([given, np.zeros((1, 2), np.float32)])
+    keep = ranked_within_class(np.vstack([scores, [[0.5, 0.5]]]), unlabelled, 1.0)
+    np.testing.assert_array_equal(keep, [True] * 6 + [False])
+    out = Supervision("noisy", 2, proportions=given, rank_keep=0.5).fill(scores)
+    np.testing.assert_array_equal(out, given * np.array([0, 1, 1, 0, 1, 0], np.float32)[:, None])

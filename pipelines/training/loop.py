@@ -224,8 +224,8 @@ def _batch_options(settings: LoopSettings, local_batch: int, epoch: int) -> dict
 
 
 class _FirstBatch:
-    """Pulls the first batch of an iterable in a background thread; :meth:`batches` waits for it and returns
-    an iterator over every batch (an error of the pull is raised there, in the training thread)."""
+    """Pulls the first batch of an iterable in a background thread; :meth:`batches` iterates over every batch
+    (an error of the pull is raised at its first ``next``, in the training thread)."""
 
     def __init__(self, iterable) -> None:
         self._iterator = iter(iterable)
@@ -240,13 +240,16 @@ class _FirstBatch:
             self._box["error"] = exc
 
     def batches(self):
-        import itertools
-
+        """A generator: it waits for the first batch only when asked for it, so the loop's "waiting for data"
+        heartbeat comes before the wait (the stall detector tells a starved data stage from a slow start)."""
         self._thread.join()
         if "error" in self._box:
             raise self._box["error"]
         first = self._box["first"]
-        return iter(()) if first is None else itertools.chain([first], self._iterator)
+        if first is None:
+            return
+        yield first
+        yield from self._iterator
 
 
 def newest_checkpoint(run_dir: str | Path) -> tuple[str, int] | None:

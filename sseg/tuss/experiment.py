@@ -44,6 +44,7 @@ class Setting:
     noise_keep: float = 0.0  # with noise_refill: share of the corrupted labels kept at each fill
     noise_filter: bool = False  # with noise_refill: keep only the labels the previous step's argmax agrees with
     noise_transition: bool = False  # with noise_refill: labels = the posterior under an estimated noise model
+    noise_rank_keep: float = 0.0  # with noise_refill: keep the top share of each given class by its score
 
 
 def supervision_factory(setting: Setting, train: SplitData, num_classes: int):
@@ -60,7 +61,8 @@ def supervision_factory(setting: Setting, train: SplitData, num_classes: int):
                                          confusion)
             kind = "noisy" if setting.noise_refill else "full"
             return lambda rows: Supervision(kind, num_classes, proportions=noisy[rows], keep=setting.noise_keep,
-                                            filter=setting.noise_filter, transition=setting.noise_transition)
+                                            filter=setting.noise_filter, transition=setting.noise_transition,
+                                            rank_keep=setting.noise_rank_keep)
         return lambda rows: Supervision("full", num_classes, proportions=proportions[rows])
     if setting.kind == "semi":
         if setting.labeled_images is None:

@@ -84,6 +84,10 @@ class Supervision:
     # estimated from the scores and the given labels, and each mask's label becomes its posterior
     # scores(true) * T[true, given], rows normalised
     transition: bool = False
+    # noisy: per given class, keep the labels whose score for that class ranks in its top ``rank_keep`` share
+    # (a class-wise small-loss selection: a flooded class keeps its best-scored masks even where the argmax
+    # sides with the flooding class); 0 = off
+    rank_keep: float = 0.0
 
     def __post_init__(self) -> None:
         need = {"full": ("proportions",), "noisy": ("proportions",), "semi": ("proportions", "labelled"),
@@ -107,6 +111,9 @@ class Supervision:
             raise DataError(f"scores have {scores.shape[-1]} classes, the class list {self.num_classes}")
         if self.kind == "full":
             return self.proportions.astype(np.float32)
+        if self.kind == "noisy" and self.rank_keep > 0:
+            return (self.proportions * ranked_within_class(scores, self.proportions, self.rank_keep)[:, None]
+                    ).astype(np.float32)
         if self.kind == "noisy" and self.transition:
             return noise_posterior(scores, self.proportions)
         if self.kind == "noisy" and self.filter:
@@ -122,6 +129,20 @@ class Supervision:
         if self.kind == "weak":
             return weak_labels(scores, self.image_index, self.image_labels)
         raise DataError("open-vocabulary supervision trains nothing: classify by the zero-shot argmax")
+
+
+def ranked_within_class(scores: np.ndarray, given: np.ndarray, share: float) -> np.ndarray:
+    """bool ``[N]``: masks whose normalised score for their given class is among the top ``share`` of the masks
+    given that class (ties kept); masks without a label: False."""
+    has = given.sum(axis=1) > 0
+    labels = given.argmax(axis=1)
+    own = normalise_scores(scores)[np.arange(len(given)), labels]
+    keep = np.zeros(len(given), dtype=bool)
+    for c in np.unique(labels[has]):
+        rows = np.flatnonzero(has & (labels == c))
+        threshold = np.quantile(own[rows], 1.0 - share)
+        keep[rows[own[rows] >= threshold]] = True
+    return keep
 
 
 def noise_transition(scores: np.ndarray, given: np.ndarray) -> np.ndarray:
