@@ -89,6 +89,7 @@ def main() -> None:
         experiment.noisy_full_labels = dropped
 
     train, val, num_classes, classifier = splits(args.vlm, args.store)
+    classifier = type(classifier).model_validate(classifier.model_dump())  # a cached config gains new fields
     if args.gce_q:
         glcc = classifier.glcc
         classifier = classifier.model_copy(update={"glcc": glcc.model_copy(update={
