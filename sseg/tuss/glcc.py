@@ -25,12 +25,7 @@ from sseg.errors import DataError
 from sseg.tuss.config import GLCCConfig
 from sseg.tuss.probe import CosineProbe, train_probe
 from sseg.tuss.propagation import KnnGraph, inductive_votes, knn_graph, propagate
-from sseg.tuss.supervision import Supervision
-
-
-def normalise_rows(y: np.ndarray) -> np.ndarray:
-    total = y.sum(axis=1, keepdims=True)
-    return np.divide(y, total, out=np.zeros_like(y), where=total > 0)
+from sseg.tuss.supervision import Supervision, normalise_rows
 
 
 @dataclass

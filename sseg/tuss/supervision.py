@@ -121,8 +121,7 @@ class Supervision:
             agree = given & (scores.argmax(axis=1) == self.proportions.argmax(axis=1))
             return (self.proportions * agree[:, None]).astype(np.float32)
         if self.kind == "noisy":
-            total = scores.sum(axis=1, keepdims=True)
-            filled = np.divide(scores, total, out=np.zeros_like(scores, dtype=np.float32), where=total > 0)
+            filled = normalise_rows(scores.astype(np.float32))
             return (self.keep * self.proportions + (1.0 - self.keep) * filled).astype(np.float32)
         if self.kind == "semi":
             return semi_labels(self.proportions, scores, self.labelled)
@@ -136,7 +135,7 @@ def ranked_within_class(scores: np.ndarray, given: np.ndarray, share: float) -> 
     given that class (ties kept); masks without a label: False."""
     has = given.sum(axis=1) > 0
     labels = given.argmax(axis=1)
-    own = normalise_scores(scores)[np.arange(len(given)), labels]
+    own = normalise_rows(scores)[np.arange(len(given)), labels]
     keep = np.zeros(len(given), dtype=bool)
     for c in np.unique(labels[has]):
         rows = np.flatnonzero(has & (labels == c))
@@ -151,7 +150,7 @@ def noise_transition(scores: np.ndarray, given: np.ndarray) -> np.ndarray:
     has = given.sum(axis=1) > 0
     labels = np.zeros_like(given, dtype=np.float64)
     labels[has, given[has].argmax(axis=1)] = 1.0
-    s = normalise_scores(scores)[has]
+    s = normalise_rows(scores)[has]
     counts = s.T @ labels[has]  # [true, given]
     total = counts.sum(axis=1, keepdims=True)
     c = given.shape[1]
@@ -161,18 +160,19 @@ def noise_transition(scores: np.ndarray, given: np.ndarray) -> np.ndarray:
 def noise_posterior(scores: np.ndarray, given: np.ndarray) -> np.ndarray:
     """Each given label replaced by the posterior of the true class, ``scores(k) · T[k, given]`` rows normalised
     (:func:`noise_transition`); masks without a label keep their normalised scores."""
-    s = normalise_scores(scores)
+    s = normalise_rows(scores)
     has = given.sum(axis=1) > 0
     t = noise_transition(scores, given)
     out = s.copy()
     likelihood = t[:, given[has].argmax(axis=1)].T  # [n, true]: P(given label | true class)
-    out[has] = normalise_scores(s[has] * likelihood)
+    out[has] = normalise_rows(s[has] * likelihood)
     return out.astype(np.float32)
 
 
-def normalise_scores(scores: np.ndarray) -> np.ndarray:
-    total = scores.sum(axis=1, keepdims=True)
-    return np.divide(scores, total, out=np.zeros_like(scores, dtype=np.float64), where=total > 0)
+def normalise_rows(y: np.ndarray) -> np.ndarray:
+    """Rows divided by their sums (all-zero rows stay zero)."""
+    total = y.sum(axis=1, keepdims=True)
+    return np.divide(y, total, out=np.zeros_like(y), where=total > 0)
 
 
 # ----------------------------------------------------------------------------- image-level labels
