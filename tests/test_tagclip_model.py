@@ -58,6 +58,24 @@ def test_variants_share_the_initialisation_of_the_shared_modules():
                            states["tagclip"]["decoder.layers.0.cross.q.weight"][:1])
 
 
+def test_text_identity_query_init_passes_the_text_through_and_keeps_the_pairing():
+    """``query_init=text_identity``: at the start a query is its normalised text embedding, whatever the image
+    (and the token itself); everything but the query projection starts as under ``xavier`` with the same seed."""
+    plain, identity = sseg_tagclip(query_init="xavier"), sseg_tagclip(query_init="text_identity")
+    text, image = torch.randn(3, 16), torch.randn(2, 16)
+    no_learner = sseg_tagclip(learner=False, query_init="text_identity").decoder
+    queries = no_learner.queries(text, image)
+    expected = torch.cat([torch.nn.functional.normalize(text, dim=-1), no_learner.trusty_token])
+    assert torch.allclose(queries, expected.expand(2, -1, -1), atol=1e-6)
+    a, b = plain.state_dict(), identity.state_dict()
+    assert not torch.equal(a["decoder.query_proj.weight"], b["decoder.query_proj.weight"])
+    for key in a:
+        if not key.startswith("decoder.query_proj."):
+            assert torch.equal(a[key], b[key]), key
+    with pytest.raises(Exception, match="query_init"):
+        TagCLIPModelConfig(sseg=TINY_SSEG, seen_classes=("a",), query_init="orthogonal")
+
+
 def test_trusty_token_joins_the_queries_only_through_the_learner():
     """Without the learner, class maps do not depend on the token; with it they do."""
     x, text = torch.randn(1, 3, 64, 64), torch.randn(3, 16)

@@ -42,6 +42,11 @@ class TagCLIPModelConfig(StrictModel):
     trusty_learner: bool = True
     inference_weighting: bool = True  # without trusty_token there is nothing to weight by
     seen_bias: float = Field(0.1, ge=0.0, lt=1.0)  # subtracted from seen-class probabilities at inference
+    # the query projection's start: "xavier" (the public head) or "text_identity" (a deviation: the text half
+    # starts as the identity, the image-product half and the bias at zero). Only seen names train it, so its
+    # response to the part of an unseen name outside the seen names' span stays what it started as
+    # (docs/results.md, TagCLIP); the identity carries that part through instead of a random projection.
+    query_init: Literal["xavier", "text_identity"] = "xavier"
 
     @model_validator(mode="after")
     def _check(self) -> "TagCLIPModelConfig":

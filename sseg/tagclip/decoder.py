@@ -86,7 +86,7 @@ class TrustyLearner(nn.Module):
 
 class TagCLIPDecoder(nn.Module):
     def __init__(self, dim: int, layers: int = 3, heads: int = 8, ffn_ratio: int = 4, dropout: float = 0.1,
-                 trusty_token: bool = True, trusty_learner: bool = True) -> None:
+                 trusty_token: bool = True, trusty_learner: bool = True, query_init: str = "xavier") -> None:
         super().__init__()
         if dim % heads:
             raise ConfigError(f"the VLM embedding size {dim} is not divisible by {heads} decoder heads")
@@ -97,6 +97,13 @@ class TagCLIPDecoder(nn.Module):
         self.query_proj = nn.Linear(2 * dim, dim)
         self.layers = nn.ModuleList(AttentionToMaskLayer(dim, heads, ffn_ratio, dropout) for _ in range(layers))
         self._xavier(self.parameters())
+        if query_init == "text_identity":  # drawn above all the same, so the optional modules below still pair
+            with torch.no_grad():
+                self.query_proj.weight.zero_()
+                self.query_proj.weight[:, dim:].copy_(torch.eye(dim))
+                self.query_proj.bias.zero_()
+        elif query_init != "xavier":
+            raise ConfigError(f"query_init {query_init!r}: use xavier or text_identity")
         self.learner = TrustyLearner(dim, heads, dropout) if trusty_learner else None
         self.trusty_token = nn.Parameter(torch.empty(1, dim)) if trusty_token else None
         if self.learner is not None:

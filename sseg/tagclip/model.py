@@ -51,7 +51,7 @@ class TagCLIPModel(nn.Module):
             self.prompts = DeepVisualPrompts(layers, cfg.prompt_tokens, visual.conv1.out_channels,
                                              visual.conv1.kernel_size[0])
         self.decoder = TagCLIPDecoder(self.vlm.embed_dim, cfg.layers, cfg.heads, cfg.ffn_ratio, cfg.dropout,
-                                      cfg.trusty_token, cfg.trusty_learner)
+                                      cfg.trusty_token, cfg.trusty_learner, cfg.query_init)
         for p in self.vlm.parameters():  # the VLM stays frozen; prompts and decoder train
             p.requires_grad_(False)
 
