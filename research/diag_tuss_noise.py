@@ -73,6 +73,9 @@ def main() -> None:
                         help="control: the corrupted masks lose their label instead (a perfect noise detector)")
     parser.add_argument("--rank-keep", type=float, default=0.0,
                         help="refill variants: keep the top share of each given class by the step's score")
+    parser.add_argument("--clean", type=int, default=0, metavar="FOLDS",
+                        help="drop the labels confident learning flags (out-of-fold probe, FOLDS folds; 0: off)")
+    parser.add_argument("--relabel", action="store_true", help="--clean: flagged masks take their confident class")
     parser.add_argument("--gce-q", type=float, default=0.0, help="the probe's generalised cross-entropy q (0: CE)")
     args = parser.parse_args()
     import sseg.tuss.experiment as experiment
@@ -89,6 +92,22 @@ def main() -> None:
         experiment.noisy_full_labels = dropped
 
     train, val, num_classes, classifier = splits(args.vlm, args.store)
+    if args.clean:
+        from sseg.tuss.cleaning import clean_labels
+
+        corrupt_for_clean = experiment.noisy_full_labels
+
+        def cleaned(proportions, rate, rng, confusion=None):
+            y, changed = corrupt_for_clean(proportions, rate, rng, confusion)
+            y, flags = clean_labels(train.table.embeddings, y, train.table.area, classifier.glcc.probe, args.clean,
+                                    relabel=args.relabel)
+            labelled = proportions.sum(1) > 0
+            print(json.dumps({"flagged": int(flags.sum()), "labelled": int(labelled.sum()),
+                              "corrupted": int(changed.sum()), "flagged_corrupted": int((flags & changed).sum()),
+                              "flagged_clean": int((flags & ~changed & labelled).sum())}), flush=True)
+            return y, changed
+
+        experiment.noisy_full_labels = cleaned
     classifier = type(classifier).model_validate(classifier.model_dump())  # a cached config gains new fields
     if args.gce_q:
         glcc = classifier.glcc
@@ -108,7 +127,7 @@ def main() -> None:
             start = time.perf_counter()
             out = run_setting(setting, train, val, classifier.glcc, num_classes, tune=classifier.tune, grid=grid,
                               holdout_fraction=classifier.holdout_fraction, seed=classifier.seed)
-            row = {"variant": name, "rate": rate, "noise": args.noise, "keep": args.keep, "oracle_drop": args.oracle_drop, "filter": args.filter,
+            row = {"variant": name, "rate": rate, "noise": args.noise, "keep": args.keep, "oracle_drop": args.oracle_drop, "clean": args.clean, "relabel": args.relabel, "filter": args.filter,
                    "transition": args.transition,
                    "gce_q": args.gce_q, "rank_keep": args.rank_keep, "miou": round(100 * out["miou"], 1),
                    "f1": round(100 * out["f1"], 1), "alpha": out.get("alpha"), "k": out.get("k"),
