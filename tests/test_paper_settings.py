@@ -138,6 +138,7 @@ def test_tagclip_and_tuss_name_their_deviations_and_the_paper_configs_have_none(
     assert world[0] == "VLM sseg (the paper: CLIP ViT-B/16)"
     assert not any("prompt_tokens" in d for d in world)  # visual prompts are CLIP's: no deviation for S-Seg
     assert any(d.startswith("crop 64") for d in world) and any(d.startswith("train lr") for d in world)
+    assert any("zero_shot_ensemble 0.8 (the paper: 0.0)" in d for d in world)
 
     tuss = load_config(TussConfig, ROOT / "configs" / "tuss_voc.yaml",
                        ["vlm.checkpoint=/w/ViT-B-16.pt", "masks.files_dir=/m"])

@@ -185,6 +185,7 @@ def test_tagclip_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_pat
     model, state = model_from_checkpoint(result["checkpoint"], segmenting=True)
     assert state["kind"] == "tagclip" and state["model_name"] == "tagclip"
     assert "car" not in model.cfg.seen_classes and "ball" in model.cfg.seen_classes
+    assert model.cfg.zero_shot_ensemble == 0.8  # the world default's inference travels with the checkpoint
     segmenter = Segmenter.for_classes(model, "ball,unicorn,grass", SegmentConfig(templates="single", bg_mode="none",
                                                                                  short_side=None, window=64,
                                                                                  stride=64))
@@ -200,3 +201,12 @@ def test_tagclip_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_pat
     assert (tmp_path / "seg" / f"{image.stem}_labels.png").is_file()
 
 
+
+
+def test_ablation_evaluates_tagclip_under_each_other_inference_rule():
+    from pipelines.runs.tagclip import NO_ENSEMBLE, NO_WEIGHTING, inference_rows
+
+    assert inference_rows({"zero_shot_ensemble": 0.8}) == [
+        (NO_WEIGHTING, "no_weighting", {"inference_weighting": False}),
+        (NO_ENSEMBLE, "no_ensemble", {"zero_shot_ensemble": 0.0})]
+    assert inference_rows({}) == [(NO_WEIGHTING, "no_weighting", {"inference_weighting": False})]  # the paper's

@@ -185,3 +185,21 @@ def test_segment_scores_take_the_max_over_a_class_concepts():
         c.embeddings = clf.embeddings[[k, 2 + k]]
     expected = torch.maximum(model.segment_scores(x, single[0]), model.segment_scores(x, single[1]))
     assert torch.allclose(scores, expected, atol=1e-5)
+
+
+def test_zero_shot_ensemble_at_weight_one_names_unseen_classes_like_the_vlm():
+    """``zero_shot_ensemble=1``: an unseen class's score is the VLM's dense zero-shot probability (softmax over
+    the queried names of cos(patch, text) × its logit scale) times the trusty weight; seen ones keep the decoder."""
+    plain = sseg_tagclip(seen=("ball",)).eval()
+    mixed = sseg_tagclip(seen=("ball",), zero_shot_ensemble=1.0).eval()
+    clf = classifier(["ball", "car", "box"])
+    x = torch.randn(1, 3, 64, 64)
+    patches, _ = plain.embed_image(x)
+    cos = torch.einsum("bdhw,kd->bkhw", torch.nn.functional.normalize(patches, dim=1),
+                       torch.nn.functional.normalize(clf.embeddings, dim=-1))
+    q = torch.nn.functional.interpolate((cos * plain.vlm.logit_scale()).softmax(1), size=(64, 64), mode="bilinear")
+    w = plain.trusty_map(x, clf.embeddings)[:, 0]
+    a, b = plain.segment_scores(x, clf), mixed.segment_scores(x, clf)
+    assert torch.allclose(a[:, 0], b[:, 0], atol=1e-6)  # the seen class: the decoder alone in both
+    assert torch.allclose(b[:, 1:] - 0.1, q[:, 1:] * w[:, None], atol=1e-5)
+    assert not torch.allclose(a[:, 1:], b[:, 1:], atol=1e-3)

@@ -46,3 +46,20 @@ def test_max_over_concepts():
     scores = torch.tensor([[[[0.1]], [[0.5]], [[0.3]]]])  # concepts 0, 1 -> class 0; concept 2 -> class 1
     out = max_over_concepts(scores, torch.tensor([0, 0, 1]), 2)
     assert out.flatten().tolist() == pytest.approx([0.5, 0.3])
+
+
+def test_zero_shot_ensemble_weights_the_decoder_on_seen_and_the_vlm_on_unseen():
+    # seen class: decoder .8, VLM .3; unseen class: decoder .2, VLM .6; no trusty map, bias 0
+    p, q = maps(0.8, 0.2), torch.tensor([[[[0.3]], [[0.6]]]])
+    seen = torch.tensor([True, False])
+    mixed = combine_scores(p, None, seen, bias=0.0, zero_shot=q, zero_shot_weight=0.8)
+    assert mixed.flatten().tolist() == pytest.approx([0.8 ** 0.8 * 0.3 ** 0.2, 0.2 ** 0.2 * 0.6 ** 0.8])
+    assert mixed.argmax(1).item() == 0
+    # weight 1: the decoder alone on seen classes, the VLM alone on unseen ones; weight 0 (or no map): the paper
+    only = combine_scores(p, None, seen, bias=0.0, zero_shot=q, zero_shot_weight=1.0)
+    assert only.flatten().tolist() == pytest.approx([0.8, 0.6])
+    assert torch.equal(combine_scores(p, None, seen, zero_shot=q, zero_shot_weight=0.0), combine_scores(p, None, seen))
+    # the bias and the trusty weighting act on the mixed probability
+    w = maps(0.7)
+    weighted = combine_scores(p, w, seen, bias=0.1, zero_shot=q, zero_shot_weight=1.0)
+    assert weighted.flatten().tolist() == pytest.approx([(0.8 - 0.1) * 0.3, 0.6 * 0.7])

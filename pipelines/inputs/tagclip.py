@@ -144,7 +144,7 @@ def prepare(cfg: TagCLIPConfig) -> Prepared:
 PAPER_STEPS = {"voc": 20000, "coco_stuff": 80000}
 PAPER_MODEL = {"prompt_tokens": 10, "prompt_layers": None, "layers": 3, "heads": 8, "trusty_token": True,
                "trusty_learner": True, "inference_weighting": True, "seen_bias": 0.1,
-               "query_init": "xavier"}
+               "query_init": "xavier", "zero_shot_ensemble": 0.0}
 PAPER_TRAIN = {"batch_size": 16, "lr": 2e-5, "weight_decay": 0.01, "head_lr_mult": 10.0, "prompt_lr_mult": 10.0,
                "vision_lr_mult": 0.0, "warmup_steps": 1500, "poly_power": 0.9, "min_lr": 1e-6, "weight_focal": 20.0,
                "weight_dice": 1.0, "weight_trusty": 10.0}

@@ -90,9 +90,20 @@ def run_tagclip(cfg: TagCLIPConfig, resume: str | None = None, *, extra_tags: di
 # ----------------------------------------------------------------------------- ablation
 
 # (row, model fields, trained on all classes); the paper's Table 1 rows (a), (b), (c), (d), the control
-# "query self-attention without the token" and the upper bound. The row without inference weighting is
-# TagCLIP's trained model evaluated without the weighting (one training, two inference rules).
+# "query self-attention without the token" and the upper bound. The rows without inference weighting and
+# without the zero-shot ensemble are TagCLIP's trained model evaluated under those rules (one training).
 NO_WEIGHTING = "TagCLIP without inference weighting"
+NO_ENSEMBLE = "TagCLIP without the zero-shot ensemble (the paper's inference)"
+
+
+def inference_rows(model: dict) -> list[tuple[str, str, dict]]:
+    """(row, variant, model fields): TagCLIP's trained model evaluated under other inference rules."""
+    rows = [(NO_WEIGHTING, "no_weighting", {"inference_weighting": False})]
+    if model.get("zero_shot_ensemble", 0.0) > 0:
+        rows.append((NO_ENSEMBLE, "no_ensemble", {"zero_shot_ensemble": 0.0}))
+    return rows
+
+
 ABLATION_ROWS: list[tuple[str, dict, bool]] = [
     ("baseline decoder (ZegCLIP)", dict(trusty_token=False, trusty_learner=False, inference_weighting=False), False),
     ("+ trusty token, no trusty learner", dict(trusty_token=True, trusty_learner=False, inference_weighting=False),
@@ -151,16 +162,17 @@ def run_ablation(cfg: TagCLIPConfig) -> dict:
             tags = {"mlflow.parentRunId": parent.run_id, "sseg.ablation_row": name}
             result = run_tagclip(row_cfg, prepared=prep, extra_tags=tags)
             rows.append(_row(name, result))
-            if row_cfg.model["inference_weighting"]:  # the same model without the weighting
-                plain = with_model_fields(result["checkpoint"], out / "no_weighting", inference_weighting=False)
-                with tracked_run(cfg.tracking.experiment, stage=STAGE, run_name=f"{out.name}-{i}-no-weighting",
+            others = inference_rows(row_cfg.model) if row_cfg.model["inference_weighting"] else []
+            for row_name, variant, fields in others:  # the same trained model under another inference rule
+                other = with_model_fields(result["checkpoint"], out / variant, **fields)
+                with tracked_run(cfg.tracking.experiment, stage=STAGE, run_name=f"{out.name}-{i}-{variant}",
                                  parent_run_id=prep.parent_run_id, params=flatten(row_cfg),
-                                 tags={**prep.tags, **tags, "sseg.ablation_row": NO_WEIGHTING,
-                                       "sseg.variant": "tagclip_no_weighting",
+                                 tags={**prep.tags, **tags, "sseg.ablation_row": row_name,
+                                       "sseg.variant": f"tagclip_{variant}",
                                        "sseg.trained_in": result["mlflow_run_id"]}) as tracker:
-                    nw = evaluate_tagclip(row_cfg, prep, plain, tracker)
-                rows.insert(-1, _row(NO_WEIGHTING, {**nw, "mlflow_run_id": tracker.run_id}))
-            for r in rows[-2:] if row_cfg.model["inference_weighting"] else rows[-1:]:
+                    found = evaluate_tagclip(row_cfg, prep, other, tracker)
+                rows.insert(-1, _row(row_name, {**found, "mlflow_run_id": tracker.run_id}))
+            for r in rows[-1 - len(others):]:
                 print(f"[sseg] ablation row: {r['row']}: mIoU(S) {100 * r['miou_seen']:.1f} mIoU(U) "
                       f"{100 * r['miou_unseen']:.1f} hIoU {100 * r['hiou']:.1f}", flush=True)
         for j, r in enumerate(rows):

@@ -57,6 +57,10 @@ class VisionLanguageModel(nn.Module):
         normalised): the inputs of a ZegCLIP-style decoder (TagCLIP)."""
         raise NotImplementedError
 
+    def logit_scale(self) -> float:
+        """The temperature its contrastive training learned: cos(image, text) × it are the zero-shot logits."""
+        raise NotImplementedError
+
     def vision_parameters(self) -> list[tuple[str, nn.Parameter]]:
         raise NotImplementedError
 
@@ -107,6 +111,9 @@ class SSegVLM(VisionLanguageModel):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens)
+
+    def logit_scale(self) -> float:
+        return float(self.model.current_logit_scale())
 
     def _vision_modules(self) -> dict[str, nn.Module]:
         return {"model.maskformer.backbone": self.model.maskformer.backbone,
@@ -233,6 +240,9 @@ class ClipVLM(VisionLanguageModel):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_text(tokens)
+
+    def logit_scale(self) -> float:
+        return float(self.clip.logit_scale.exp())
 
     def vision_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(f"clip.visual.{n}", p) for n, p in self.clip.visual.named_parameters()]

@@ -47,6 +47,10 @@ class TagCLIPModelConfig(StrictModel):
     # response to the part of an unseen name outside the seen names' span stays what it started as
     # (docs/results.md, TagCLIP); the identity carries that part through instead of a random projection.
     query_init: Literal["xavier", "text_identity"] = "xavier"
+    # a deviation (0 = the paper): at inference each class probability is a geometric mix with the VLM's own
+    # dense zero-shot probability, weighted towards the decoder on seen classes and towards the VLM on unseen
+    # ones (sseg.tagclip.scores.ensemble_zero_shot; the zsseg baseline's rule, 0.8 there); training is unchanged
+    zero_shot_ensemble: float = Field(0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> "TagCLIPModelConfig":

@@ -113,10 +113,15 @@ class TagCLIPModel(nn.Module):
         prediction). Classes of the checkpoint's ``seen_classes`` get the seen rule, all others the unseen
         one; a class with several concepts takes the max over them. The scores are shifted by
         ``seen_bias`` so that none is negative (the Segmenter clamps at 0); the argmax is unchanged."""
-        out = self.forward(images, classifier.embeddings.to(images.device))
+        text = classifier.embeddings.to(images.device)
+        patches, image = self.embed_image(images)
+        class_logits, trusty = self.decoder(patches, image, text)
         size = images.shape[-2:]
-        logits = F.interpolate(out["class_logits"].float(), size=size, mode="bilinear", align_corners=False)
-        trusty = out["trusty_logits"]
+        logits = F.interpolate(class_logits.float(), size=size, mode="bilinear", align_corners=False)
+        zero_shot = None
+        if self.cfg.zero_shot_ensemble > 0:
+            zero_shot = F.interpolate(self.zero_shot_probabilities(patches, text), size=size, mode="bilinear",
+                                      align_corners=False)
         if trusty is not None:
             trusty = F.interpolate(trusty.float(), size=size, mode="bilinear", align_corners=False)
         concept_to_class = classifier.concept_to_class.to(images.device)
@@ -126,8 +131,14 @@ class TagCLIPModel(nn.Module):
         per_class = torch.tensor(seen_flags(classifier.class_names, concepts, self.cfg.seen_classes),
                                  device=images.device)
         scores = combine_scores(logits, trusty, per_class[concept_to_class], self.cfg.seen_bias,
-                                self.cfg.inference_weighting)
+                                self.cfg.inference_weighting, zero_shot, self.cfg.zero_shot_ensemble)
         return max_over_concepts(scores, concept_to_class, classifier.num_classes) + self.cfg.seen_bias
+
+    def zero_shot_probabilities(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The VLM's own dense zero-shot: patches [B, D, h, w], text [K, D] -> softmax over the K concepts of
+        cos(patch, text) × the VLM's logit scale, [B, K, h, w]."""
+        cos = torch.einsum("bdhw,kd->bkhw", F.normalize(patches.float(), dim=1), F.normalize(text.float(), dim=-1))
+        return (cos * self.vlm.logit_scale()).softmax(dim=1)
 
     @torch.no_grad()
     def trusty_map(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor | None:

@@ -8,6 +8,11 @@ seen class (the trusty target is 1 on unseen pixels)::
     argmax over classes
 
 ``bias`` (0.1) is ZegCLIP's seen-class penalty, kept by TagCLIP; without weighting only the bias applies.
+With ``zero_shot`` probabilities q of the frozen VLM (softmax over the queried concepts of cos(patch, text) ×
+its logit scale) and a weight λ > 0, p is first mixed with them as in the zsseg baseline (Xu et al. 2022,
+``clip_ensemble_weight``): seen p^λ · q^(1-λ), unseen p^(1-λ) · q^λ — the decoder decides the classes it was
+trained on, the VLM those it was not (a deviation from TagCLIP, whose decoder alone scores every class).
+
 The paper's map is the complement (its Eq. 9 target is 1 on *seen* pixels and Eq. 12 weights seen classes
 by the map, unseen ones by one minus it); the public code's convention, used here, is the same rule.
 """
@@ -17,14 +22,23 @@ from __future__ import annotations
 import torch
 
 
+def ensemble_zero_shot(p: torch.Tensor, zero_shot: torch.Tensor, seen: torch.Tensor, weight: float) -> torch.Tensor:
+    """p, zero_shot [B, K, H, W] probabilities, seen bool [1, K, 1, 1] -> the zsseg mix (module docstring)."""
+    decoder_share = torch.where(seen, weight, 1.0 - weight)
+    return p.pow(decoder_share) * zero_shot.float().pow(1.0 - decoder_share)
+
+
 def combine_scores(class_logits: torch.Tensor, trusty_logits: torch.Tensor | None, seen: torch.Tensor,
-                   bias: float = 0.1, weighting: bool = True) -> torch.Tensor:
-    """class_logits [B, K, H, W], trusty_logits [B, 1, H, W] or None, seen bool [K] -> scores [B, K, H, W]
-    (argmax = the prediction; seen scores can be as low as -bias)."""
+                   bias: float = 0.1, weighting: bool = True, zero_shot: torch.Tensor | None = None,
+                   zero_shot_weight: float = 0.0) -> torch.Tensor:
+    """class_logits [B, K, H, W], trusty_logits [B, 1, H, W] or None, seen bool [K], zero_shot [B, K, H, W]
+    probabilities or None -> scores [B, K, H, W] (argmax = the prediction; seen scores can be as low as -bias)."""
     if seen.numel() != class_logits.shape[1]:
         raise ValueError(f"{class_logits.shape[1]} class maps but {seen.numel()} seen flags")
     seen = seen.to(class_logits.device).view(1, -1, 1, 1)
     p = class_logits.float().sigmoid()
+    if zero_shot is not None and zero_shot_weight > 0:
+        p = ensemble_zero_shot(p, zero_shot, seen, zero_shot_weight)
     scores = torch.where(seen, p - bias, p)
     if weighting and trusty_logits is not None:
         w = trusty_logits.float().sigmoid()
