@@ -29,15 +29,14 @@ from sseg.inference import SegmentConfig, Segmenter  # noqa: E402
 from sseg.metrics import ConfusionMatrix  # noqa: E402
 from sseg.semivl.vlm import SSegVLM  # noqa: E402
 from sseg.tagclip.evaluation import seen_unseen_metrics  # noqa: E402
+from sseg.tagclip.scores import dense_zero_shot  # noqa: E402
 
 
 def dense_scores(self, images: torch.Tensor, classifier) -> torch.Tensor:
     """``segment_scores`` of the VLM's dense zero-shot (bound to a copy of the S-Seg model)."""
     patches = SSegVLM.dense(types.SimpleNamespace(model=self), images)[0]
-    cos = torch.einsum("bdhw,kd->bkhw", F.normalize(patches, dim=1),
-                       F.normalize(classifier.embeddings.to(patches), dim=-1))
-    p = F.interpolate((cos * self.current_logit_scale()).softmax(1), size=images.shape[-2:], mode="bilinear",
-                      align_corners=False)
+    p = F.interpolate(dense_zero_shot(patches, classifier.embeddings.to(patches), float(self.current_logit_scale())),
+                      size=images.shape[-2:], mode="bilinear", align_corners=False)
     out = p.new_zeros(p.shape[0], classifier.num_classes, *p.shape[-2:])
     return out.index_add_(1, classifier.concept_to_class.to(p.device), p)
 

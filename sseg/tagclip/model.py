@@ -16,7 +16,7 @@ from sseg.semivl.vlm import ClipVLM, SSegVLM, VisionLanguageModel
 from sseg.tagclip.config import TagCLIPModelConfig
 from sseg.tagclip.decoder import TagCLIPDecoder
 from sseg.tagclip.prompts import DeepVisualPrompts
-from sseg.tagclip.scores import combine_scores, max_over_concepts
+from sseg.tagclip.scores import combine_scores, dense_zero_shot, max_over_concepts
 
 
 def build_vlm(cfg: TagCLIPModelConfig) -> VisionLanguageModel:
@@ -120,8 +120,8 @@ class TagCLIPModel(nn.Module):
         logits = F.interpolate(class_logits.float(), size=size, mode="bilinear", align_corners=False)
         zero_shot = None
         if self.cfg.zero_shot_ensemble > 0:
-            zero_shot = F.interpolate(self.zero_shot_probabilities(patches, text), size=size, mode="bilinear",
-                                      align_corners=False)
+            zero_shot = F.interpolate(dense_zero_shot(patches, text, self.vlm.logit_scale()), size=size,
+                                      mode="bilinear", align_corners=False)
         if trusty is not None:
             trusty = F.interpolate(trusty.float(), size=size, mode="bilinear", align_corners=False)
         concept_to_class = classifier.concept_to_class.to(images.device)
@@ -133,12 +133,6 @@ class TagCLIPModel(nn.Module):
         scores = combine_scores(logits, trusty, per_class[concept_to_class], self.cfg.seen_bias,
                                 self.cfg.inference_weighting, zero_shot, self.cfg.zero_shot_ensemble)
         return max_over_concepts(scores, concept_to_class, classifier.num_classes) + self.cfg.seen_bias
-
-    def zero_shot_probabilities(self, patches: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """The VLM's own dense zero-shot: patches [B, D, h, w], text [K, D] -> softmax over the K concepts of
-        cos(patch, text) × the VLM's logit scale, [B, K, h, w]."""
-        cos = torch.einsum("bdhw,kd->bkhw", F.normalize(patches.float(), dim=1), F.normalize(text.float(), dim=-1))
-        return (cos * self.vlm.logit_scale()).softmax(dim=1)
 
     @torch.no_grad()
     def trusty_map(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor | None:

@@ -20,6 +20,14 @@ by the map, unseen ones by one minus it); the public code's convention, used her
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+
+def dense_zero_shot(patches: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """A VLM's dense zero-shot: patches [B, D, h, w], text [K, D] -> softmax over the K concepts of
+    cos(patch, text) × its logit scale, [B, K, h, w]."""
+    cos = torch.einsum("bdhw,kd->bkhw", F.normalize(patches.float(), dim=1), F.normalize(text.float(), dim=-1))
+    return (cos * logit_scale).softmax(dim=1)
 
 
 def ensemble_zero_shot(p: torch.Tensor, zero_shot: torch.Tensor, seen: torch.Tensor, weight: float) -> torch.Tensor:

@@ -49,8 +49,12 @@ def confident_classes(scores: np.ndarray, given: np.ndarray) -> np.ndarray:
 
 def confident_learning_flags(scores: np.ndarray, given: np.ndarray) -> np.ndarray:
     """bool [N]: True where a labelled mask's confident class exists and is not its label."""
-    confident = confident_classes(scores, given)
-    return (np.asarray(given) >= 0) & (confident >= 0) & (confident != given)
+    return _flags(confident_classes(scores, given), given)
+
+
+def _flags(confident: np.ndarray, given: np.ndarray) -> np.ndarray:
+    given = np.asarray(given)
+    return (given >= 0) & (confident >= 0) & (confident != given)
 
 
 def clean_labels(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig, folds: int = 5,
@@ -60,7 +64,7 @@ def clean_labels(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfi
     y = np.asarray(y, dtype=np.float32)
     given = np.where(y.sum(axis=1) > 0, y.argmax(axis=1), -1)
     confident = confident_classes(out_of_fold_scores(x, y, area, cfg, folds, seed), given)
-    flags = (given >= 0) & (confident >= 0) & (confident != given)
+    flags = _flags(confident, given)
     cleaned = y.copy()
     cleaned[flags] = 0.0
     if relabel:
