@@ -44,8 +44,38 @@ def tiny_world(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def new_mlflow_store(tmp_path_factory):
+    """``path -> sqlite URI`` of a fresh, empty MLflow store at ``path``: a copy of one store created once
+    per session. Creating a store runs MLflow's schema migrations (~2 s on 2 cores); the suite makes dozens."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    template = tmp_path_factory.mktemp("mlflow_template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()
+
+    def make(path: Path) -> str:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            shutil.copyfile(template, path)
+        return f"sqlite:///{path}"
+
+    return make
+
+
 @pytest.fixture()
-def mlflow_uri(tmp_path, monkeypatch):
+def mlflow_uri(tmp_path, monkeypatch, new_mlflow_store):
+    """The test's own empty MLflow store, ready to use."""
+    uri = new_mlflow_store(tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture()
+def unwritten_mlflow_uri(tmp_path, monkeypatch):
+    """An MLflow URI whose store does not exist yet: for tests that prove a failing job creates nothing."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri

@@ -29,8 +29,10 @@ def _last_json(capsys) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return tmp_path_factory.mktemp("pretrain")
+def workdir(tmp_path_factory, new_mlflow_store):
+    path = tmp_path_factory.mktemp("pretrain")
+    new_mlflow_store(path / "mlflow.db")
+    return path
 
 
 @pytest.fixture(scope="module")

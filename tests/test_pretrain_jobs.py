@@ -128,7 +128,8 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float, int]]:
 
 
 def test_driver_of_two_workers_killed_mid_run_resumes_with_resume_latest_in_the_same_mlflow_run(tmp_path,
-                                                                                               world_data):
+                                                                                               world_data,
+                                                                                               new_mlflow_store):
     """The job with ``train.num_workers=2`` on a 2-CPU Ray instance (a new user's setting that used to hang:
     both workers held one CPU, Ray Data had none; now 0.5 CPU each) killed whole after its first checkpoint,
     then ``--resume latest``: it continues in the same MLflow run, rank 0 alone logs each later step once,
@@ -139,6 +140,7 @@ def test_driver_of_two_workers_killed_mid_run_resumes_with_resume_latest_in_the_
     args = [f"train.steps={steps}", "train.log_every=1", "train.checkpoint_every=2", "train.num_workers=2",
             "train.stall_timeout_s=240", "tracking.run_name=killed"]
     run_dir = tmp_path / "runs" / "killed"
+    new_mlflow_store(tmp_path / "mlflow.db")  # the store _env names
     first = _start(args, tmp_path, tmp_path / "first.log", world_data)
     try:
         deadline = time.time() + 420
@@ -190,9 +192,10 @@ def test_driver_of_two_workers_killed_mid_run_resumes_with_resume_latest_in_the_
             assert sum(body in other for other in text.splitlines()) == 1, body
 
 
-def test_starved_data_stage_is_named_after_the_stall_timeout(tmp_path, world_data):
+def test_starved_data_stage_is_named_after_the_stall_timeout(tmp_path, world_data, new_mlflow_store):
     """``train.data_cpus=0`` with workers holding every CPU reproduces the old hang: the stall detector
     stops it with one line naming the starved stage and the free CPUs, exit 2."""
+    new_mlflow_store(tmp_path / "mlflow.db")  # the store _env names
     proc = _start(["train.num_workers=2", "train.cpus_per_worker=1", "train.data_cpus=0",
                    "train.stall_timeout_s=20", "tracking.run_name=starved"], tmp_path, tmp_path / "job.log",
                   world_data)

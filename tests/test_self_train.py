@@ -262,7 +262,8 @@ def test_pseudo_label_cache_schema_and_resume_after_interruption(ray_session, ti
 
 
 @pytest.mark.slow
-def test_self_train_job_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_path, monkeypatch, capsys):
+def test_self_train_job_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_path, monkeypatch, capsys,
+                                                       new_mlflow_store):
     """No checkpoint given: the newest finished sseg-pretrain run of the store is the parent. The worker dies
     after step 3 with no restart left: the run fails; a new run under the same name, or a resume with another
     config, is refused before any work; ``--resume latest`` continues it from its step-2 checkpoint in the
@@ -282,7 +283,7 @@ def test_self_train_job_killed_then_resumed_end_to_end(ray_session, tiny_world, 
     from tests.fault_hooks import exit_once_at_step_3
 
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_mlflow_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     checkpoint = _untrained_sseg_checkpoint(tmp_path / "parent")
     with tracked_run("sseg-pretrain", stage="pretrain", run_name="parent") as tracker:

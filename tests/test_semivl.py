@@ -332,7 +332,7 @@ def _overrides(tiny_world, tmp_path, checkpoint):
 
 
 @pytest.mark.parametrize("case", ["missing_image", "bad_label", "unknown_concept", "embed_dim"])
-def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path, mlflow_uri, capsys):
+def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path, unwritten_mlflow_uri, capsys):
     import shutil
 
     import semivl as job
@@ -441,7 +441,7 @@ def test_a_deterministic_error_in_a_worker_is_not_retried(ray_session, tiny_worl
     assert (tmp_path / "runs" / "tiny-semivl" / "data_error_attempts").read_text().split() == ["0"]
 
 
-def test_a_query_feature_parent_is_refused_before_ray(tiny_world, tmp_path, mlflow_uri, capsys):
+def test_a_query_feature_parent_is_refused_before_ray(tiny_world, tmp_path, unwritten_mlflow_uri, capsys):
     """The S-Seg VLM needs pooled mask features: a parent trained with query features is refused by the
     pre-flight checks (one line, exit 2, nothing written), not in the workers."""
     import semivl as job

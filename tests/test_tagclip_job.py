@@ -32,7 +32,7 @@ def _split(tmp_path, name, **spec) -> str:
 
 @pytest.mark.parametrize("case", ["unknown_class", "no_unseen", "no_seen", "unseen_in_text", "embed_dim",
                                   "reserved", "heads"])
-def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path, mlflow_uri, capsys):
+def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path, unwritten_mlflow_uri, capsys):
     import tagclip as job
     from pipelines.cli import run_job
 

@@ -94,7 +94,7 @@ def _run_bad(args, capsys):
 
 
 @pytest.mark.parametrize("case", ["wrong_weights", "bad_label", "clip_without_weights", "method_mismatch"])
-def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path, mlflow_uri, capsys):
+def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path, unwritten_mlflow_uri, capsys):
     import shutil
 
     from PIL import Image

@@ -47,11 +47,11 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-def test_killed_worker_resumes_on_a_two_node_cluster(tmp_path):
+def test_killed_worker_resumes_on_a_two_node_cluster(tmp_path, new_mlflow_store):
     from mlflow.tracking import MlflowClient
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTEST_CURRENT_TEST")}
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", PYTHONPATH=str(ROOT),
+    env.update(MLFLOW_TRACKING_URI=new_mlflow_store(tmp_path / "mlflow.db"), PYTHONPATH=str(ROOT),
                RAY_AUTH_MODE="disabled", SSEG_PROGRESS_BARS="0", RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
                OMP_WAIT_POLICY="PASSIVE", RAY_worker_register_timeout_seconds="600")
     args = ["eval.labeled_split=null", "train.steps=6", "train.num_workers=2", "train.cpus_per_worker=1",
