@@ -37,6 +37,15 @@ def test_decoding_images_does_not_load_torch():
     assert proc.stdout.split()[-1] == "False"
 
 
+def test_the_progress_actor_does_not_load_torch():
+    """Every training run starts a progress actor in a process of its own: its module keeps torch out."""
+    code = ("import sys; from pipelines.training.progress import ProgressMonitor as M; m = M(); m.beat(0, 1, 'step'); "
+            "print(m.snapshot()['workers'][0][:2], 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "False" and "(1, 'step')" in proc.stdout
+
+
 def test_tracker_logs_params_metrics_and_rank_gating(mlflow_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 

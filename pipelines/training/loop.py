@@ -393,30 +393,11 @@ def _starved(stages: Sequence[DataStageCpus], free: float) -> str:
     return stages[-1].name
 
 
-class ProgressMonitor:
-    """Runs as a Ray actor (0 CPU): the workers tell it each phase change, the driver polls it."""
-
-    def __init__(self):
-        self.started = self.last_change = time.time()
-        self.workers: dict[int, tuple[int, str, float]] = {}  # rank -> (step, phase, since)
-        self.error: tuple[str, str] | None = None  # (class name, message) of a deterministic worker error
-
-    def beat(self, rank: int, step: int, phase: str) -> None:
-        now = time.time()
-        self.workers[rank] = (step, phase, now)
-        self.last_change = now
-
-    def fatal(self, name: str, message: str) -> None:
-        self.error = self.error or (name, message)
-
-    def snapshot(self) -> dict:
-        return {"now": time.time(), "started": self.started, "last_change": self.last_change,
-                "workers": dict(self.workers), "error": self.error}
-
-
 def start_progress_monitor(name: str):
     """The named :class:`ProgressMonitor` actor for one run (``LoopSettings.progress_actor = name``)."""
     import ray
+
+    from pipelines.training.progress import ProgressMonitor
 
     return ray.remote(num_cpus=0)(ProgressMonitor).options(name=name, namespace="sseg",
                                                             lifetime="non_detached").remote()
