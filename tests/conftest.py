@@ -65,6 +65,14 @@ def new_mlflow_store(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_pretrain_data(tmp_path_factory) -> list[str]:
+    """Overrides that point jobs of configs/tiny.yaml at one world and pseudo-mask cache for the session (the
+    first job makes them, the others reuse them: generating both costs ~15 s on 2 cores)."""
+    data = tmp_path_factory.mktemp("tiny_pretrain_data")
+    return [f"world_dir={data / 'world'}", f"data.shards={data / 'world' / 'shards'}", f"cache_dir={data / 'cache'}"]
+
+
 @pytest.fixture()
 def mlflow_uri(tmp_path, monkeypatch, new_mlflow_store):
     """The test's own empty MLflow store, ready to use."""

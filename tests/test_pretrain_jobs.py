@@ -36,11 +36,10 @@ def _env(tmp_path: Path) -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
-def world_data(tmp_path_factory) -> list[str]:
-    """The module's jobs share the tiny world and its pseudo-mask cache (the first job makes them)."""
-    data = tmp_path_factory.mktemp("world_data")
-    return [f"world_dir={data / 'world'}", f"data.shards={data / 'world' / 'shards'}", f"cache_dir={data / 'cache'}"]
+@pytest.fixture()
+def world_data(tiny_pretrain_data) -> list[str]:
+    """The session's tiny world and pseudo-mask cache (the first job makes them)."""
+    return tiny_pretrain_data
 
 
 def _start(args: list[str], tmp_path: Path, log: Path, world_data: list[str]) -> subprocess.Popen:

@@ -47,7 +47,7 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-def test_killed_worker_resumes_on_a_two_node_cluster(tmp_path, new_mlflow_store):
+def test_killed_worker_resumes_on_a_two_node_cluster(tmp_path, new_mlflow_store, tiny_pretrain_data):
     from mlflow.tracking import MlflowClient
 
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTEST_CURRENT_TEST")}
@@ -56,8 +56,7 @@ def test_killed_worker_resumes_on_a_two_node_cluster(tmp_path, new_mlflow_store)
                OMP_WAIT_POLICY="PASSIVE", RAY_worker_register_timeout_seconds="600")
     args = ["eval.labeled_split=null", "train.steps=6", "train.num_workers=2", "train.cpus_per_worker=1",
             "train.placement_strategy=SPREAD", "train.stall_timeout_s=300", "tracking.run_name=two-nodes",
-            f"storage_path={tmp_path / 'runs'}", f"world_dir={tmp_path / 'world'}",
-            f"data.shards={tmp_path / 'world' / 'shards'}", f"cache_dir={tmp_path / 'cache'}"]
+            f"storage_path={tmp_path / 'runs'}", *tiny_pretrain_data]
     proc = subprocess.run([sys.executable, "-c", PROGRAM, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     text = proc.stdout + proc.stderr
