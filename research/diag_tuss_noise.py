@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -77,6 +79,11 @@ def main() -> None:
                         help="drop the labels confident learning flags (out-of-fold probe, FOLDS folds; 0: off)")
     parser.add_argument("--relabel", action="store_true", help="--clean: flagged masks take their confident class")
     parser.add_argument("--gce-q", type=float, default=0.0, help="the probe's generalised cross-entropy q (0: CE)")
+    parser.add_argument("--zs-topk", type=int, default=0, metavar="K",
+                        help="drop a mask's label unless its class is among the VLM's zero-shot top K for the "
+                             "mask (a detector that learns nothing from the noisy labels; 0: off)")
+    parser.add_argument("--intersect", action="store_true",
+                        help="with --zs-topk and --clean: drop only the labels both detectors flag")
     args = parser.parse_args()
     import sseg.tuss.experiment as experiment
     from sseg.tuss.experiment import Setting, run_setting
@@ -92,7 +99,8 @@ def main() -> None:
         experiment.noisy_full_labels = dropped
 
     train, val, num_classes, classifier = splits(args.vlm, args.store)
-    if args.clean:
+    noisy_labels = experiment.noisy_full_labels
+    if args.clean and not args.intersect:
         from sseg.tuss.cleaning import clean_labels
 
         corrupt_for_clean = experiment.noisy_full_labels
@@ -108,6 +116,29 @@ def main() -> None:
             return y, changed
 
         experiment.noisy_full_labels = cleaned
+    if args.zs_topk:
+        corrupt_for_zs = noisy_labels if args.intersect else experiment.noisy_full_labels
+        top = np.argsort(-train.zero_shot, axis=1)[:, :args.zs_topk]
+
+        def zero_shot_agreement(proportions, rate, rng, confusion=None):
+            y, changed = corrupt_for_zs(proportions, rate, rng, confusion)
+            labelled = y.sum(1) > 0
+            agree = (top == y.argmax(1)[:, None]).any(1)
+            drop = labelled & ~agree
+            if args.intersect:
+                from sseg.tuss.cleaning import clean_labels
+
+                _, flags = clean_labels(train.table.embeddings, y, train.table.area, classifier.glcc.probe,
+                                        args.clean, relabel=False)
+                drop &= flags
+            print(json.dumps({"zs_topk": args.zs_topk, "dropped": int(drop.sum()), "labelled": int(labelled.sum()),
+                              "dropped_corrupted": int((drop & changed).sum()),
+                              "corrupted": int(changed.sum()),
+                              "dropped_clean": int((drop & ~changed).sum())}), flush=True)
+            y[drop] = 0.0
+            return y, changed
+
+        experiment.noisy_full_labels = zero_shot_agreement
     classifier = type(classifier).model_validate(classifier.model_dump())  # a cached config gains new fields
     if args.gce_q:
         glcc = classifier.glcc
@@ -129,7 +160,7 @@ def main() -> None:
                               holdout_fraction=classifier.holdout_fraction, seed=classifier.seed)
             row = {"variant": name, "rate": rate, "noise": args.noise, "keep": args.keep, "oracle_drop": args.oracle_drop, "clean": args.clean, "relabel": args.relabel, "filter": args.filter,
                    "transition": args.transition,
-                   "gce_q": args.gce_q, "rank_keep": args.rank_keep, "miou": round(100 * out["miou"], 1),
+                   "gce_q": args.gce_q, "zs_topk": args.zs_topk, "intersect": args.intersect, "rank_keep": args.rank_keep, "miou": round(100 * out["miou"], 1),
                    "f1": round(100 * out["f1"], 1), "alpha": out.get("alpha"), "k": out.get("k"),
                    "weight": out.get("weight"), "pseudo_before": round(100 * out.get("pseudo_before.miou", 0), 1),
                    "pseudo_after": round(100 * out.get("pseudo_after.miou", 0), 1),
