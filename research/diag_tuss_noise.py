@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--intersect", action="store_true",
                         help="with --zs-topk and --clean: drop only the labels both detectors flag")
     args = parser.parse_args()
+    if args.intersect and not (args.zs_topk and args.clean):
+        parser.error("--intersect needs --zs-topk and --clean")
     import sseg.tuss.experiment as experiment
     from sseg.tuss.experiment import Setting, run_setting
 
