@@ -48,12 +48,12 @@ def record_node(event: dict) -> None:
         marker.write_text(ray.get_runtime_context().get_node_id())
 
 
-def data_error_at_step_1(event: dict) -> None:
-    """Every worker raises a deterministic DataError after step 1, noting each attempt in
+def data_error_at_step_3(event: dict) -> None:
+    """Every worker raises a deterministic DataError after step 3, noting each attempt in
     ``<run_dir>/data_error_attempts`` (the failure policy must not retry it)."""
     from sseg.errors import DataError
 
-    if event["step"] == 1:
+    if event["step"] == FAULT_STEP:
         with (Path(event["run_dir"]) / "data_error_attempts").open("a") as f:
             f.write(f"{event['rank']}\n")
         raise DataError("bad sample in shard 7 (a test fault)")

@@ -83,7 +83,7 @@ def test_sseg_cc12m_paper_config(photo_voc, tmp_path, mlflow_uri):
         "pool.num_actors=1", "pool.gpus_per_actor=0", "pool.batch_size=2",
         "train.num_workers=1", "train.use_gpu=false", "train.cpus_per_worker=1", "train.global_batch_size=2",
         "train.steps=2", "train.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=2",
-        f"eval.labeled_split={photo_voc['voc']}", "eval.dataset=voc", "eval.max_images=2", "eval.pictures=1",
+        f"eval.labeled_split={photo_voc['voc']}", "eval.dataset=voc", "eval.max_images=1", "eval.pictures=1",
         "eval.retrieval_pairs=4", f"storage_path={tmp_path / 'runs'}", "tracking.run_name=cc12m-paper",
         "ray.num_cpus=4"]
     env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow_uri, PYTHONPATH=str(ROOT))

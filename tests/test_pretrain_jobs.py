@@ -135,7 +135,7 @@ def test_driver_of_two_workers_killed_mid_run_resumes_with_resume_latest_in_the_
     and every line of the job (the workers' included) shows once."""
     from mlflow.tracking import MlflowClient
 
-    steps = 10  # killed at its first checkpoint (step 2): the resumed run has 8 steps left
+    steps = 6  # killed at its first checkpoint (step 2): the resumed run has 4 steps left
     args = [f"train.steps={steps}", "train.log_every=1", "train.checkpoint_every=2", "train.num_workers=2",
             "train.stall_timeout_s=240", "tracking.run_name=killed"]
     run_dir = tmp_path / "runs" / "killed"
@@ -195,15 +195,17 @@ def test_starved_data_stage_is_named_after_the_stall_timeout(tmp_path, world_dat
     """``train.data_cpus=0`` with workers holding every CPU reproduces the old hang: the stall detector
     stops it with one line naming the starved stage and the free CPUs, exit 2."""
     new_mlflow_store(tmp_path / "mlflow.db")  # the store _env names
+    # the timeout outlasts the workers' start on a slow machine (2 x 1-CPU workers took > 20 s there to
+    # report at all: the detector then rightly said they never started)
     proc = _start(["train.num_workers=2", "train.cpus_per_worker=1", "train.data_cpus=0",
-                   "train.stall_timeout_s=20", "tracking.run_name=starved"], tmp_path, tmp_path / "job.log",
+                   "train.stall_timeout_s=40", "tracking.run_name=starved"], tmp_path, tmp_path / "job.log",
                   world_data)
     started = time.time()
     text = _finish(proc, tmp_path / "job.log", timeout=420)
     assert proc.returncode == 2, text[-3000:]
     error = [line for line in text.splitlines() if line.startswith("error: ")]
     assert len(error) == 1, text[-3000:]
-    assert "no training progress for" in error[0] and "train.stall_timeout_s=20" in error[0]
+    assert "no training progress for" in error[0] and "train.stall_timeout_s=40" in error[0]
     assert "data stages feeding training are starved" in error[0]
     assert "Parquet" in error[0] and "MapBatches(CropCachedSamples)" in error[0]  # the stages, by Ray's names
     assert "the cluster has 0 of 2 CPU free" in error[0]

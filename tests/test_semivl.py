@@ -376,8 +376,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, tiny_world, tmp_path
 @pytest.mark.slow
 def test_semivl_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_path, mlflow_uri, capsys):
     """jobs/semivl.py on a 16-image labelled pool (4 labelled, 12 unlabelled) from a tiny S-Seg checkpoint.
-    The worker dies after step 3 with no restart left (train.max_failures=0): the run fails; ``--resume
-    latest`` continues it from its step-2 checkpoint in the same MLflow run, and no step is logged twice.
+    The worker raises a deterministic DataError after step 3: the run ends at once with that error, not
+    retried (train.max_failures=2 would start the worker twice more and hit it again); ``--resume latest``
+    (the data fixed) continues it from its step-2 checkpoint in the same MLflow run, no step logged twice.
     A new run under the same name, or a resume with another config, is refused before any work. The
     finished run: evaluation, MLflow lineage, the split written; the checkpoint segments through
     model_from_checkpoint like any other."""
@@ -390,14 +391,17 @@ def test_semivl_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_path
     from pipelines.runs.semivl import run_semivl
     from schemas.configs import SemiVLConfig
     from sseg.config import load_config
-    from sseg.errors import ConfigError, SsegError
-    from tests.fault_hooks import exit_once_at_step_3
+    from sseg.errors import ConfigError
+    from tests.fault_hooks import checkpoint_steps, data_error_at_step_3
 
     checkpoint = _tiny_sseg_checkpoint(tmp_path / "sseg")
     args = _overrides(tiny_world, tmp_path, checkpoint) + ["train.steps=4", "tracking.run_name=killed",
-                                                           "train.max_failures=0"]
-    with pytest.raises(SsegError, match="training failed"):
-        run_semivl(load_config(SemiVLConfig, None, args), callbacks=[exit_once_at_step_3])
+                                                           "train.max_failures=2"]
+    with pytest.raises(DataError, match=r"^bad sample in shard 7 \(a test fault\)$"):
+        run_semivl(load_config(SemiVLConfig, None, args), callbacks=[data_error_at_step_3])
+    run_dir = tmp_path / "runs" / "killed"
+    assert (run_dir / "data_error_attempts").read_text().split() == ["0"]
+    assert checkpoint_steps(run_dir) == [2]
     with pytest.raises(ConfigError, match="a run of that name exists"):
         job.main(args)
     with pytest.raises(ConfigError, match=r"another config \(train.lr"):
@@ -423,22 +427,6 @@ def test_semivl_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_path
     segmenter = Segmenter.for_classes(model, "cat,dog,grass", SegmentConfig(templates="single", bg_mode="none",
                                                                            short_side=None, window=64, stride=64))
     assert segmenter.predict(np.zeros((64, 64, 3), np.uint8)).labels.shape == (64, 64)
-
-
-@pytest.mark.slow
-def test_a_deterministic_error_in_a_worker_is_not_retried(ray_session, tiny_world, tmp_path, mlflow_uri):
-    """A DataError raised inside the worker ends the run at once with that error (train.max_failures=2
-    would otherwise start the workers again and hit it twice more)."""
-    from pipelines.runs.semivl import run_semivl
-    from schemas.configs import SemiVLConfig
-    from sseg.config import load_config
-    from tests.fault_hooks import data_error_at_step_1
-
-    checkpoint = _tiny_sseg_checkpoint(tmp_path / "sseg")
-    cfg = load_config(SemiVLConfig, None, _overrides(tiny_world, tmp_path, checkpoint) + ["train.max_failures=2"])
-    with pytest.raises(DataError, match=r"^bad sample in shard 7 \(a test fault\)$"):
-        run_semivl(cfg, callbacks=[data_error_at_step_1])
-    assert (tmp_path / "runs" / "tiny-semivl" / "data_error_attempts").read_text().split() == ["0"]
 
 
 def test_a_query_feature_parent_is_refused_before_ray(tiny_world, tmp_path, unwritten_mlflow_uri, capsys):
