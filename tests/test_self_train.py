@@ -280,7 +280,7 @@ def test_self_train_job_killed_then_resumed_end_to_end(ray_session, tiny_world, 
     from schemas.configs import SelfTrainConfig
     from sseg.config import load_config
     from sseg.errors import ConfigError, SsegError
-    from tests.fault_hooks import exit_once_at_step_3
+    from tests.fault_hooks import exit_at_step_3_without_restart
 
     monkeypatch.chdir(tmp_path)
     uri = new_mlflow_store(tmp_path / "mlflow.db")
@@ -295,7 +295,7 @@ def test_self_train_job_killed_then_resumed_end_to_end(ray_session, tiny_world, 
             "eval.num_actors=1", "eval.protocols=[]", "eval.pictures=2", "eval.max_images=8",
             "pseudo_labels.segment.templates=single", "eval.segment.templates=single", "tracking.run_name=killed"]
     with pytest.raises(SsegError, match="training failed"):
-        run_self_train(load_config(SelfTrainConfig, None, args), callbacks=[exit_once_at_step_3])
+        run_self_train(load_config(SelfTrainConfig, None, args), callbacks=[exit_at_step_3_without_restart])
     with pytest.raises(ConfigError, match="a run of that name exists"):
         main(args)
     with pytest.raises(ConfigError, match=r"another config \(train.lr"):

@@ -162,13 +162,13 @@ def test_tagclip_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_pat
     from schemas.configs import TagCLIPConfig
     from sseg.config import load_config
     from sseg.errors import SsegError
-    from tests.fault_hooks import exit_once_at_step_3
+    from tests.fault_hooks import exit_at_step_3_without_restart
 
     checkpoint = _tiny_sseg_checkpoint(tmp_path / "sseg", run_id=PARENT)
     args = _overrides(tiny_world, tmp_path, checkpoint, "train.steps=4", "tracking.run_name=killed",
                       "train.max_failures=0")
     with pytest.raises(SsegError, match="training failed"):
-        run_tagclip(load_config(TagCLIPConfig, None, args), callbacks=[exit_once_at_step_3])
+        run_tagclip(load_config(TagCLIPConfig, None, args), callbacks=[exit_at_step_3_without_restart])
     capsys.readouterr()
     assert job.main(args + ["--resume", "latest"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
