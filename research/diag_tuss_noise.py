@@ -57,6 +57,63 @@ def splits(vlm: str, store: Path):
     return data
 
 
+def anchor_transition(scores: np.ndarray, labelled: np.ndarray, quantile: float) -> np.ndarray:
+    """``T[i, :]`` = the out-of-fold noisy-label probabilities of class i's anchor: the labelled mask whose
+    probability of i is the largest at or below the ``quantile`` of that class's column (Patrini et al. 2017's
+    robust anchor; the very top is often an outlier)."""
+    c = scores.shape[1]
+    rows = scores[labelled]
+    t = np.zeros((c, c))
+    for i in range(c):
+        column = rows[:, i]
+        below = np.flatnonzero(column <= np.quantile(column, quantile))
+        t[i] = rows[below[column[below].argmax()]]
+    return t / t.sum(axis=1, keepdims=True)
+
+
+def forward_correction(args, experiment, train, num_classes: int, probe_cfg) -> None:
+    """Patches the noise generator to record (or estimate) the transition matrix, and GLCC's probe (and with
+    ``--correct-propagation`` its propagation) to use it."""
+    import sseg.tuss.glcc as glcc_module
+    import sseg.tuss.tuning as tuning_module
+    from sseg.tuss.cleaning import out_of_fold_scores
+    from sseg.tuss.probe import train_probe
+    from sseg.tuss.propagation import propagate
+    from sseg.tuss.supervision import confusion_counts
+
+    state: dict = {"T": None}
+    corrupt = experiment.noisy_full_labels
+
+    def recorded(proportions, rate, rng, confusion=None):
+        y, changed = corrupt(proportions, rate, rng, confusion)
+        labelled = y.sum(1) > 0
+        given = y.argmax(1)
+        true_t = confusion_counts(proportions.argmax(1)[labelled], given[labelled], num_classes).astype(np.float64)
+        true_t /= np.maximum(true_t.sum(1, keepdims=True), 1)
+        if args.forward == "oracle":
+            state["T"] = true_t
+        else:
+            scores = out_of_fold_scores(train.table.embeddings, y, train.table.area, probe_cfg, 5, 0)
+            state["T"] = anchor_transition(scores, labelled, args.anchor_quantile)
+        print(json.dumps({"forward": args.forward, "diagonal": np.round(np.diag(state["T"]), 2).tolist(),
+                          "true_diagonal": np.round(np.diag(true_t), 2).tolist(),
+                          "l1_to_true": round(float(np.abs(state["T"] - true_t).sum(1).mean()), 3)}), flush=True)
+        return y, changed
+
+    def corrected_probe(x, y, area, cfg):
+        return train_probe(x, y, area, cfg, transition=state["T"])
+
+    def corrected_propagation(graph, y, *rest):
+        y_star = propagate(graph, y, *rest)
+        return y_star if state["T"] is None else np.clip(y_star @ np.linalg.pinv(state["T"]), 0.0, None)
+
+    experiment.noisy_full_labels = recorded
+    glcc_module.train_probe = corrected_probe
+    tuning_module.train_probe = corrected_probe
+    if args.correct_propagation:
+        glcc_module.propagate = corrected_propagation
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vlm", required=True)
@@ -84,7 +141,16 @@ def main() -> None:
                              "mask (a detector that learns nothing from the noisy labels; 0: off)")
     parser.add_argument("--intersect", action="store_true",
                         help="with --zs-topk and --clean: drop only the labels both detectors flag")
+    parser.add_argument("--forward", choices=("oracle", "anchor"),
+                        help="fit the probe through a noise transition matrix (forward correction): the true one "
+                             "(control) or one estimated from anchor masks of an out-of-fold probe")
+    parser.add_argument("--anchor-quantile", type=float, default=0.97,
+                        help="--forward anchor: a class's anchor is the mask at this quantile of its probability")
+    parser.add_argument("--correct-propagation", action="store_true",
+                        help="--forward: propagated labels are mapped back through the inverse transition")
     args = parser.parse_args()
+    if args.correct_propagation and not args.forward:
+        parser.error("--correct-propagation needs --forward")
     if args.intersect and not (args.zs_topk and args.clean):
         parser.error("--intersect needs --zs-topk and --clean")
     import sseg.tuss.experiment as experiment
@@ -142,6 +208,8 @@ def main() -> None:
 
         experiment.noisy_full_labels = zero_shot_agreement
     classifier = type(classifier).model_validate(classifier.model_dump())  # a cached config gains new fields
+    if args.forward:
+        forward_correction(args, experiment, train, num_classes, classifier.glcc.probe)
     if args.gce_q:
         glcc = classifier.glcc
         classifier = classifier.model_copy(update={"glcc": glcc.model_copy(update={
@@ -162,7 +230,8 @@ def main() -> None:
                               holdout_fraction=classifier.holdout_fraction, seed=classifier.seed)
             row = {"variant": name, "rate": rate, "noise": args.noise, "keep": args.keep, "oracle_drop": args.oracle_drop, "clean": args.clean, "relabel": args.relabel, "filter": args.filter,
                    "transition": args.transition,
-                   "gce_q": args.gce_q, "zs_topk": args.zs_topk, "intersect": args.intersect, "rank_keep": args.rank_keep, "miou": round(100 * out["miou"], 1),
+                   "gce_q": args.gce_q, "forward": args.forward,
+                   "correct_propagation": args.correct_propagation, "zs_topk": args.zs_topk, "intersect": args.intersect, "rank_keep": args.rank_keep, "miou": round(100 * out["miou"], 1),
                    "f1": round(100 * out["f1"], 1), "alpha": out.get("alpha"), "k": out.get("k"),
                    "weight": out.get("weight"), "pseudo_before": round(100 * out.get("pseudo_before.miou", 0), 1),
                    "pseudo_after": round(100 * out.get("pseudo_after.miou", 0), 1),

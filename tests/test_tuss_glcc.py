@@ -262,3 +262,40 @@ def test_generalised_cross_entropy_tends_to_cross_entropy_and_is_bounded_at_q_1(
     p = logits.softmax(-1)
     mae = (weights * (targets * (1 - p)).sum(-1)).mean()  # q = 1: the bounded, noise-robust loss
     assert torch.isclose(generalised_cross_entropy(logits, targets, weights, 1.0), mae)
+
+
+def test_forward_correction_is_cross_entropy_through_the_transition():
+    import torch
+
+    from sseg.tuss.probe import forward_corrected_cross_entropy, soft_cross_entropy
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.3, 0.7, 0.0]])
+    weights = torch.tensor([1.0, 2.0])
+    assert torch.isclose(forward_corrected_cross_entropy(logits, targets, weights, torch.eye(3)),
+                         soft_cross_entropy(logits, targets, weights))
+    t = torch.tensor([[0.6, 0.4, 0.0], [0.0, 1.0, 0.0], [0.1, 0.0, 0.9]])
+    noisy = logits.softmax(-1) @ t  # by hand: p(given = j) = Σ_k p(true = k) T[k, j]
+    expected = (weights * -(targets * noisy.log()).sum(-1)).mean()
+    assert torch.isclose(forward_corrected_cross_entropy(logits, targets, weights, t), expected)
+
+
+def test_forward_correction_recovers_a_class_flooded_by_a_known_transition():
+    """Class 0's masks all labelled 1 half of the time (and class 1's never 0): the plain probe's argmax on
+    class 0 wavers; through the true transition the probe puts class 0's masks back in class 0."""
+    x, labels = clusters(n_per=120, classes=3, spread=0.5, seed=3)
+    rng = np.random.default_rng(0)
+    noisy = labels.copy()
+    flip = (labels == 0) & (rng.random(len(labels)) < 0.6)
+    noisy[flip] = 1
+    t = np.eye(3)
+    t[0] = [0.4, 0.6, 0.0]
+    y = np.eye(3, dtype=np.float32)[noisy]
+    cfg = ProbeConfig(epochs=30, batch_size=64)
+    plain = train_probe(x, y, np.ones(len(x)), cfg).scores(x).argmax(1)
+    corrected = train_probe(x, y, np.ones(len(x)), cfg, transition=t).scores(x).argmax(1)
+    zero = labels == 0
+    assert (corrected[zero] == 0).mean() > 0.9 > (plain[zero] == 0).mean()
+    assert (corrected[~zero] == labels[~zero]).mean() > 0.9
+    with pytest.raises(DataError, match="noise transition of shape"):
+        train_probe(x, y, np.ones(len(x)), cfg, transition=np.eye(2))

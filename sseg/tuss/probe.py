@@ -48,9 +48,19 @@ def generalised_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor, 
     return (weights * (targets * (1 - p ** q) / q).sum(dim=-1)).mean()
 
 
-def train_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig) -> CosineProbe:
+def forward_corrected_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor, transition: Tensor) -> Tensor:
+    """``mean_i w_i · Σ_c −y_ic log (p_i T)_c``: the labels are taken as draws through the noise transition
+    ``T[true, given]`` from the clean posterior ``p`` (Patrini et al. 2017's forward correction), so ``p``
+    itself is fitted to the clean classes."""
+    noisy = (logits.softmax(dim=-1) @ transition).clamp_min(1e-12)
+    return (weights * -(targets * noisy.log()).sum(dim=-1)).mean()
+
+
+def train_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig,
+                transition: np.ndarray | None = None) -> CosineProbe:
     """Fit on embeddings ``x [N, D]``, soft labels ``y [N, C]`` and mask areas ``[N]``; masks whose label row
-    is all zero carry no supervision and are left out."""
+    is all zero carry no supervision and are left out. ``transition [C, C]`` (rows: true class, columns: the
+    given label; rows sum to 1): the labels' noise model, fitted through with the forward-corrected loss."""
     if len(x) != len(y) or len(x) != len(area):
         raise DataError(f"probe inputs disagree: {len(x)} embeddings, {len(y)} label rows, {len(area)} areas")
     keep = np.asarray(y).sum(axis=1) > 0
@@ -60,6 +70,10 @@ def train_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig
     ys = torch.as_tensor(np.asarray(y)[keep], dtype=torch.float32)
     ws = torch.as_tensor(np.asarray(area)[keep], dtype=torch.float32)
     ws = ws / ws.mean()
+    if transition is not None:
+        transition = torch.as_tensor(np.asarray(transition), dtype=torch.float32)
+        if transition.shape != (ys.shape[1], ys.shape[1]):
+            raise DataError(f"noise transition of shape {tuple(transition.shape)} for {ys.shape[1]} classes")
     gen = torch.Generator().manual_seed(cfg.seed)
     start = ys.T @ xs if cfg.init == "prototype" else torch.randn(ys.shape[1], xs.shape[1], generator=gen)
     # a class no mask supports keeps a random direction
@@ -78,8 +92,12 @@ def train_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig
             for group in opt.param_groups:
                 group["lr"] = learning_rate(step, total, warmup, cfg.lr)
             logits = cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T
-            loss = (soft_cross_entropy(logits, ys[idx], ws[idx]) if not cfg.gce_q
-                    else generalised_cross_entropy(logits, ys[idx], ws[idx], cfg.gce_q))
+            if transition is not None:
+                loss = forward_corrected_cross_entropy(logits, ys[idx], ws[idx], transition)
+            elif cfg.gce_q:
+                loss = generalised_cross_entropy(logits, ys[idx], ws[idx], cfg.gce_q)
+            else:
+                loss = soft_cross_entropy(logits, ys[idx], ws[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
