@@ -71,6 +71,41 @@ def anchor_transition(scores: np.ndarray, labelled: np.ndarray, quantile: float)
     return t / t.sum(axis=1, keepdims=True)
 
 
+def volmin_transition(x: np.ndarray, y: np.ndarray, area: np.ndarray, probe_cfg, lam: float,
+                      epochs: int) -> np.ndarray:
+    """``T [C, C]`` learnt with a cosine probe on the noisy labels: loss = area-weighted CE of ``p T`` + λ·log
+    det T (Li et al. 2021, VolMinNet: the smallest simplex that still explains the labels is the true one
+    when the clean posteriors are scattered enough). T's rows are a softmax, started diagonal-dominant."""
+    import torch
+    import torch.nn.functional as F
+
+    keep = y.sum(1) > 0
+    xs = F.normalize(torch.tensor(x[keep], dtype=torch.float32), dim=-1)
+    ys = torch.tensor(y[keep], dtype=torch.float32)
+    ws = torch.tensor(area[keep], dtype=torch.float32)
+    ws = ws / ws.mean()
+    c = ys.shape[1]
+    weight = F.normalize(ys.T @ xs, dim=-1).requires_grad_(True)
+    logits_t = (torch.full((c, c), -2.0) + 6.0 * torch.eye(c)).requires_grad_(True)
+    opt = torch.optim.SGD([weight], lr=probe_cfg.lr, momentum=probe_cfg.momentum)
+    opt_t = torch.optim.Adam([logits_t], lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        order = torch.randperm(len(xs), generator=gen)
+        for start in range(0, len(xs), probe_cfg.batch_size):
+            idx = order[start:start + probe_cfg.batch_size]
+            p = (probe_cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T).softmax(-1)
+            t = logits_t.softmax(-1)
+            noisy = (p @ t).clamp_min(1e-12)
+            loss = (ws[idx] * -(ys[idx] * noisy.log()).sum(-1)).mean() + lam * torch.logdet(t)
+            opt.zero_grad(set_to_none=True)
+            opt_t.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            opt_t.step()
+    return logits_t.detach().softmax(-1).numpy().astype(np.float64)
+
+
 def forward_correction(args, experiment, train, num_classes: int, probe_cfg) -> None:
     """Patches the noise generator to record (or estimate) the transition matrix, and GLCC's probe (and with
     ``--correct-propagation`` its propagation) to use it."""
@@ -92,10 +127,13 @@ def forward_correction(args, experiment, train, num_classes: int, probe_cfg) -> 
         true_t /= np.maximum(true_t.sum(1, keepdims=True), 1)
         if args.forward == "oracle":
             state["T"] = true_t
+        elif args.forward == "volmin":
+            state["T"] = volmin_transition(train.table.embeddings, y, train.table.area, probe_cfg, args.volmin_lambda,
+                                           args.probe_epochs or probe_cfg.epochs)
         else:
             scores = out_of_fold_scores(train.table.embeddings, y, train.table.area, probe_cfg, 5, 0)
             state["T"] = anchor_transition(scores, labelled, args.anchor_quantile)
-        print(json.dumps({"forward": args.forward, "diagonal": np.round(np.diag(state["T"]), 2).tolist(),
+        print(json.dumps({"forward": args.forward, "volmin_lambda": args.volmin_lambda, "diagonal": np.round(np.diag(state["T"]), 2).tolist(),
                           "true_diagonal": np.round(np.diag(true_t), 2).tolist(),
                           "l1_to_true": round(float(np.abs(state["T"] - true_t).sum(1).mean()), 3)}), flush=True)
         return y, changed
@@ -136,14 +174,17 @@ def main() -> None:
                         help="drop the labels confident learning flags (out-of-fold probe, FOLDS folds; 0: off)")
     parser.add_argument("--relabel", action="store_true", help="--clean: flagged masks take their confident class")
     parser.add_argument("--gce-q", type=float, default=0.0, help="the probe's generalised cross-entropy q (0: CE)")
+    parser.add_argument("--probe-epochs", type=int, default=0, help="the probe's epochs (0: the product's)")
     parser.add_argument("--zs-topk", type=int, default=0, metavar="K",
                         help="drop a mask's label unless its class is among the VLM's zero-shot top K for the "
                              "mask (a detector that learns nothing from the noisy labels; 0: off)")
     parser.add_argument("--intersect", action="store_true",
                         help="with --zs-topk and --clean: drop only the labels both detectors flag")
-    parser.add_argument("--forward", choices=("oracle", "anchor"),
+    parser.add_argument("--forward", choices=("oracle", "anchor", "volmin"),
                         help="fit the probe through a noise transition matrix (forward correction): the true one "
-                             "(control) or one estimated from anchor masks of an out-of-fold probe")
+                             "(control), one estimated from anchor masks of an out-of-fold probe, or one learnt "
+                             "jointly with a probe under a minimum-volume penalty (VolMinNet)")
+    parser.add_argument("--volmin-lambda", type=float, default=1e-3, help="--forward volmin: the log det weight")
     parser.add_argument("--anchor-quantile", type=float, default=0.97,
                         help="--forward anchor: a class's anchor is the mask at this quantile of its probability")
     parser.add_argument("--correct-propagation", action="store_true",
@@ -210,10 +251,11 @@ def main() -> None:
     classifier = type(classifier).model_validate(classifier.model_dump())  # a cached config gains new fields
     if args.forward:
         forward_correction(args, experiment, train, num_classes, classifier.glcc.probe)
-    if args.gce_q:
+    probe_update = {k: v for k, v in (("gce_q", args.gce_q), ("epochs", args.probe_epochs)) if v}
+    if probe_update:
         glcc = classifier.glcc
         classifier = classifier.model_copy(update={"glcc": glcc.model_copy(update={
-            "probe": glcc.probe.model_copy(update={"gce_q": args.gce_q})})})
+            "probe": glcc.probe.model_copy(update=probe_update)})})
     grid = dict(classifier.grid)
     if args.weights:
         grid["weight"] = list(args.weights)
@@ -230,7 +272,7 @@ def main() -> None:
                               holdout_fraction=classifier.holdout_fraction, seed=classifier.seed)
             row = {"variant": name, "rate": rate, "noise": args.noise, "keep": args.keep, "oracle_drop": args.oracle_drop, "clean": args.clean, "relabel": args.relabel, "filter": args.filter,
                    "transition": args.transition,
-                   "gce_q": args.gce_q, "forward": args.forward,
+                   "gce_q": args.gce_q, "probe_epochs": args.probe_epochs, "forward": args.forward, "volmin_lambda": args.volmin_lambda,
                    "correct_propagation": args.correct_propagation, "zs_topk": args.zs_topk, "intersect": args.intersect, "rank_keep": args.rank_keep, "miou": round(100 * out["miou"], 1),
                    "f1": round(100 * out["f1"], 1), "alpha": out.get("alpha"), "k": out.get("k"),
                    "weight": out.get("weight"), "pseudo_before": round(100 * out.get("pseudo_before.miou", 0), 1),
