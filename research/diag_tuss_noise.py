@@ -79,6 +79,8 @@ def volmin_transition(x: np.ndarray, y: np.ndarray, area: np.ndarray, probe_cfg,
     import torch
     import torch.nn.functional as F
 
+    from sseg.tuss.probe import forward_corrected_cross_entropy
+
     keep = y.sum(1) > 0
     xs = F.normalize(torch.tensor(x[keep], dtype=torch.float32), dim=-1)
     ys = torch.tensor(y[keep], dtype=torch.float32)
@@ -94,10 +96,9 @@ def volmin_transition(x: np.ndarray, y: np.ndarray, area: np.ndarray, probe_cfg,
         order = torch.randperm(len(xs), generator=gen)
         for start in range(0, len(xs), probe_cfg.batch_size):
             idx = order[start:start + probe_cfg.batch_size]
-            p = (probe_cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T).softmax(-1)
+            logits = probe_cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T
             t = logits_t.softmax(-1)
-            noisy = (p @ t).clamp_min(1e-12)
-            loss = (ws[idx] * -(ys[idx] * noisy.log()).sum(-1)).mean() + lam * torch.logdet(t)
+            loss = forward_corrected_cross_entropy(logits, ys[idx], ws[idx], t) + lam * torch.logdet(t)
             opt.zero_grad(set_to_none=True)
             opt_t.zero_grad(set_to_none=True)
             loss.backward()
