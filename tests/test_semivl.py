@@ -391,7 +391,6 @@ def test_semivl_killed_then_resumed_end_to_end(ray_session, tiny_world, tmp_path
     from pipelines.runs.semivl import run_semivl
     from schemas.configs import SemiVLConfig
     from sseg.config import load_config
-    from sseg.errors import ConfigError
     from tests.fault_hooks import checkpoint_steps, data_error_at_step_3
 
     checkpoint = _tiny_sseg_checkpoint(tmp_path / "sseg")
