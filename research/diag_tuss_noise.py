@@ -71,42 +71,6 @@ def anchor_transition(scores: np.ndarray, labelled: np.ndarray, quantile: float)
     return t / t.sum(axis=1, keepdims=True)
 
 
-def volmin_transition(x: np.ndarray, y: np.ndarray, area: np.ndarray, probe_cfg, lam: float,
-                      epochs: int) -> np.ndarray:
-    """``T [C, C]`` learnt with a cosine probe on the noisy labels: loss = area-weighted CE of ``p T`` + λ·log
-    det T (Li et al. 2021, VolMinNet: the smallest simplex that still explains the labels is the true one
-    when the clean posteriors are scattered enough). T's rows are a softmax, started diagonal-dominant."""
-    import torch
-    import torch.nn.functional as F
-
-    from sseg.tuss.probe import forward_corrected_cross_entropy
-
-    keep = y.sum(1) > 0
-    xs = F.normalize(torch.tensor(x[keep], dtype=torch.float32), dim=-1)
-    ys = torch.tensor(y[keep], dtype=torch.float32)
-    ws = torch.tensor(area[keep], dtype=torch.float32)
-    ws = ws / ws.mean()
-    c = ys.shape[1]
-    weight = F.normalize(ys.T @ xs, dim=-1).requires_grad_(True)
-    logits_t = (torch.full((c, c), -2.0) + 6.0 * torch.eye(c)).requires_grad_(True)
-    opt = torch.optim.SGD([weight], lr=probe_cfg.lr, momentum=probe_cfg.momentum)
-    opt_t = torch.optim.Adam([logits_t], lr=0.01)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        order = torch.randperm(len(xs), generator=gen)
-        for start in range(0, len(xs), probe_cfg.batch_size):
-            idx = order[start:start + probe_cfg.batch_size]
-            logits = probe_cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T
-            t = logits_t.softmax(-1)
-            loss = forward_corrected_cross_entropy(logits, ys[idx], ws[idx], t) + lam * torch.logdet(t)
-            opt.zero_grad(set_to_none=True)
-            opt_t.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            opt_t.step()
-    return logits_t.detach().softmax(-1).numpy().astype(np.float64)
-
-
 def forward_correction(args, experiment, train, num_classes: int, probe_cfg) -> None:
     """Patches the noise generator to record (or estimate) the transition matrix, and GLCC's probe (and with
     ``--correct-propagation`` its propagation) to use it."""
@@ -129,8 +93,11 @@ def forward_correction(args, experiment, train, num_classes: int, probe_cfg) -> 
         if args.forward == "oracle":
             state["T"] = true_t
         elif args.forward == "volmin":
-            state["T"] = volmin_transition(train.table.embeddings, y, train.table.area, probe_cfg, args.volmin_lambda,
-                                           args.probe_epochs or probe_cfg.epochs)
+            from sseg.tuss.config import NoiseModelConfig
+            from sseg.tuss.noise_model import fit_volmin
+
+            _, state["T"] = fit_volmin(train.table.embeddings, y, train.table.area, probe_cfg, args.volmin_lambda,
+                                       NoiseModelConfig(epochs=args.probe_epochs or probe_cfg.epochs))
         else:
             scores = out_of_fold_scores(train.table.embeddings, y, train.table.area, probe_cfg, 5, 0)
             state["T"] = anchor_transition(scores, labelled, args.anchor_quantile)
@@ -188,6 +155,9 @@ def main() -> None:
     parser.add_argument("--volmin-lambda", type=float, default=1e-3, help="--forward volmin: the log det weight")
     parser.add_argument("--anchor-quantile", type=float, default=0.97,
                         help="--forward anchor: a class's anchor is the mask at this quantile of its probability")
+    parser.add_argument("--noise-model", choices=("none", "volmin"),
+                        help="the product's noise model (glcc.noise_model.kind; λ chosen on the held-out slice)")
+    parser.add_argument("--lambdas", type=float, nargs="*", help="--noise-model volmin: the λ candidates")
     parser.add_argument("--correct-propagation", action="store_true",
                         help="--forward: propagated labels are mapped back through the inverse transition")
     args = parser.parse_args()
@@ -257,6 +227,11 @@ def main() -> None:
         glcc = classifier.glcc
         classifier = classifier.model_copy(update={"glcc": glcc.model_copy(update={
             "probe": glcc.probe.model_copy(update=probe_update)})})
+    if args.noise_model:
+        noise_update = {"kind": args.noise_model, **({"lambdas": tuple(args.lambdas)} if args.lambdas else {})}
+        glcc = classifier.glcc
+        classifier = classifier.model_copy(update={"glcc": glcc.model_copy(update={
+            "noise_model": glcc.noise_model.model_copy(update=noise_update)})})
     grid = dict(classifier.grid)
     if args.weights:
         grid["weight"] = list(args.weights)
@@ -278,6 +253,7 @@ def main() -> None:
                    "f1": round(100 * out["f1"], 1), "alpha": out.get("alpha"), "k": out.get("k"),
                    "weight": out.get("weight"), "pseudo_before": round(100 * out.get("pseudo_before.miou", 0), 1),
                    "pseudo_after": round(100 * out.get("pseudo_after.miou", 0), 1),
+                   "noise_model": args.noise_model, **{k: round(v, 4) for k, v in out.items() if k.startswith("noise_model.")},
                    "seconds": round(time.perf_counter() - start, 1)}
             print(json.dumps(row), flush=True)
 

@@ -187,19 +187,23 @@ def test_tuss_table_prints_the_tables_with_nested_runs(ray_session, tiny_world, 
     from mlflow.tracking import MlflowClient
 
     args = ["table", *_overrides(tiny_world, tmp_path, _checkpoint(tmp_path / "sseg")), "supervision.num_labeled=4",
-            "classifier.glcc.probe.epochs=1", "classifier.glcc.propagation.k=5", "pictures=0"]
+            "classifier.glcc.probe.epochs=1", "classifier.glcc.propagation.k=5", "classifier.glcc.noise_model.epochs=2",
+            "pictures=0"]
     assert job.main(args) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
     for row in ("| pooled + probe |", "| + DBA + probe |", "| + DBA + GLCC |", "| pooled + GLCC (the configured "
-                "embedding) |", "| LP→IL→LP→IL |", "| GLCC, confusion noise |"):
+                "embedding) |", "| LP→IL→LP→IL |", "| GLCC, confusion noise |",
+                "| GLCC + noise model, confusion noise |"):
         assert row in out, row
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(result["mlflow_run_id"])
     assert parent.data.tags["sseg.stage"] == "tuss-table" and parent.data.tags["sseg.parent_run_id"] == PARENT
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=100)
-    assert len(children) == 3 * 4 - 1 + 3 + 7 + 2 * 2 * 4
+    assert len(children) == 3 * 4 - 1 + 3 + 7 + 2 * 3 * 4
     assert all(c.info.status == "FINISHED" and "miou" in c.data.metrics for c in children)
+    modelled = [c for c in children if "noise model" in c.data.tags["sseg.table_cell"]]
+    assert len(modelled) == 2 * 4 and all("noise_model.heldout_nll.identity" in c.data.metrics for c in modelled)
     tables = json.loads((tmp_path / "runs" / f"tuss-table-{parent.info.run_id[:8]}" / "table.json").read_text())
     assert set(tables["main"][2]["cells"]) == {"full", "semi", "weak"}  # GLCC trains nothing without supervision

@@ -142,6 +142,18 @@ def _cell(cfg, prep, parent_id: str, name: str, data: tuple[SplitData, SplitData
     return {k: v for k, v in result.items() if k not in ("predicted", "per_class_iou", "trials")}
 
 
+def noise_classifiers(cfg: TussConfig) -> list[tuple[str, tuple[str, ...], TussConfig]]:
+    """The noise study's rows: the probe and GLCC as configured, and GLCC with the VolMin noise model when the
+    configuration has none (sseg/tuss/noise_model.py; the held-out likelihood may still choose no model)."""
+    glcc = cfg.classifier.glcc
+    rows = [("probe", ("probe",), cfg), ("GLCC", glcc.order, cfg)]
+    if glcc.noise_model.kind == "none":
+        volmin = glcc.model_copy(update={"noise_model": glcc.noise_model.model_copy(update={"kind": "volmin"})})
+        rows.append(("GLCC + noise model", glcc.order, cfg.model_copy(update={
+            "classifier": cfg.classifier.model_copy(update={"glcc": volmin})})))
+    return rows
+
+
 def run_table(cfg: TussConfig) -> dict:
     """Every cell as a nested run of one parent run; the tables printed and logged (markdown + JSON). Table 5's
     rows use the baseline and the DBA embedding (plus the configured one with GLCC when it is neither DBA);
@@ -163,9 +175,9 @@ def run_table(cfg: TussConfig) -> dict:
             (base, dba, own))}
         chosen: dict = {}
 
-        def cell(name, method, kind, order, rate=0.0, noise="uniform"):
-            setting = setting_for(cfg, prep, data[method][0], kind, order, rate, noise)
-            return _cell(cfg, prep, parent.run_id, name, data[method], setting, chosen, method)
+        def cell(name, method, kind, order, rate=0.0, noise="uniform", config=cfg):
+            setting = setting_for(config, prep, data[method][0], kind, order, rate, noise)
+            return _cell(config, prep, parent.run_id, name, data[method], setting, chosen, method)
 
         main_rows = [{"row": row, "cells": {k: cell(f"{row} [{k}]", method, k, order) for k in KINDS
                                             if k != "open_vocabulary" or "propagation" not in order}}
@@ -173,9 +185,9 @@ def run_table(cfg: TussConfig) -> dict:
         order_rows = [{"row": name, "cells": {"weak": cell(f"order {name} [weak]", own, "weak", order)}}
                       for name, order in TABLE7.items()]
         noise_rows = [{"row": f"{name}, {noise} noise",
-                       "cells": {f"{r:.0%}": cell(f"full {noise} noise {r:.0%} {name}", own, "full", order, r, noise)
-                                 for r in (0.0, *NOISE_RATES)}}
-                      for noise in ("uniform", "confusion") for name, order in (("probe", ("probe",)), ("GLCC", glcc))]
+                       "cells": {f"{r:.0%}": cell(f"full {noise} noise {r:.0%} {name}", own, "full", order, r, noise,
+                                                  config) for r in (0.0, *NOISE_RATES)}}
+                      for noise in ("uniform", "confusion") for name, order, config in noise_classifiers(cfg)]
         tables = {"table5": markdown_table(main_rows, list(KINDS)), "table7": markdown_table(order_rows, ["weak"]),
                   "noise": markdown_table(noise_rows, [f"{r:.0%}" for r in (0.0, *NOISE_RATES)])}
         text = "\n\n".join(f"### {name}\n\n{t}" for name, t in tables.items())

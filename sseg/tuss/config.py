@@ -78,6 +78,28 @@ class PropagationConfig(StrictModel):
     weight: float = Field(1.0, ge=0.0)  # inductive: prior + weight · neighbour votes
 
 
+class NoiseModelConfig(StrictModel):
+    """A model of full supervision's label noise (sseg/tuss/noise_model.py): ``volmin`` learns the transition
+    matrix from the noisy labels (VolMinNet) and fits every probe step through it; λ (``lambdas``) or no noise
+    model at all is chosen on the held-out slice by the likelihood of its noisy labels. ``none``: the paper's
+    GLCC. Only full supervision uses it (the kind whose labels GLCC keeps every round)."""
+
+    kind: Literal["none", "volmin"] = "none"
+    lambdas: tuple[float, ...] = (0.001, 0.01)  # log det T's weights to choose from
+    # of the joint fit and of every probe fitted through T: through p·T each gradient is damped by T's diagonal,
+    # and at the probe's 10 epochs the corrected fit underfits even with the true T (docs/experiments.md, 17)
+    epochs: int = Field(100, gt=0)
+    transition_lr: float = Field(0.01, gt=0.0)  # Adam on T's logits
+
+    @model_validator(mode="after")
+    def _check(self) -> "NoiseModelConfig":
+        if self.kind == "volmin" and not self.lambdas:
+            raise ValueError("glcc.noise_model.lambdas needs at least one λ for kind=volmin")
+        if any(lam <= 0 for lam in self.lambdas):
+            raise ValueError(f"glcc.noise_model.lambdas must be positive (got {list(self.lambdas)})")
+        return self
+
+
 class GLCCConfig(StrictModel):
     """Global-local consistent classifier: the probe and label propagation bootstrapping each other.
 
@@ -88,6 +110,7 @@ class GLCCConfig(StrictModel):
     order: tuple[Literal["probe", "propagation"], ...] = ("probe", "propagation", "probe", "propagation")
     probe: ProbeConfig = ProbeConfig()
     propagation: PropagationConfig = PropagationConfig()
+    noise_model: NoiseModelConfig = NoiseModelConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "GLCCConfig":

@@ -18,9 +18,10 @@ import numpy as np
 from sseg.errors import DataError
 from sseg.tuss.config import GLCCConfig
 from sseg.tuss.glcc import run_glcc
+from sseg.tuss.noise_model import NoiseModelChoice, choose_noise_model
 from sseg.tuss.supervision import Supervision, SupervisionKind, confusion_counts, noisy_full_labels
 from sseg.tuss.table import MaskTable, score
-from sseg.tuss.tuning import tune_glcc
+from sseg.tuss.tuning import holdout_flags, tune_glcc
 
 
 @dataclass
@@ -90,16 +91,22 @@ def run_setting(setting: Setting, train: SplitData, val: SplitData, glcc: GLCCCo
     cfg = glcc.model_copy(update={"order": tuple(setting.order)})
     out: dict = {}
     start = time.perf_counter()
+    everything = np.ones(len(train.table), dtype=bool)
+    noise = None
+    if cfg.noise_model.kind != "none" and setting.kind == "full" and not setting.noise_refill:
+        noise = _noise_model(train, make(everything).initial(train.zero_shot), cfg, holdout_fraction, seed)
+        out.update(_noise_metrics(noise))
+    out["seconds.noise_model"] = time.perf_counter() - start
     if tune and "propagation" in cfg.order:
-        tuned = tune_glcc(train.table, train.zero_shot, make, cfg, grid, num_classes, holdout_fraction, seed)
+        tuned = tune_glcc(train.table, train.zero_shot, make, cfg, grid, num_classes, holdout_fraction, seed,
+                          noise=noise.fit_model if noise else None)
         cfg = tuned.best
         out["trials"] = tuned.trials
-    out["seconds.search"] = time.perf_counter() - start
-    everything = np.ones(len(train.table), dtype=bool)
+    out["seconds.search"] = time.perf_counter() - start - out["seconds.noise_model"]
     result = run_glcc(train.table.embeddings, train.table.area, make(everything), train.zero_shot,
-                      val.table.embeddings, cfg)
+                      val.table.embeddings, cfg, noise=noise.model if noise else None)
     predicted = result.test_scores.argmax(axis=1)
-    out["seconds.classifier"] = time.perf_counter() - start - out["seconds.search"]
+    out["seconds.classifier"] = time.perf_counter() - start - out["seconds.search"] - out["seconds.noise_model"]
     metrics = score(val.table, predicted, num_classes)
     out.update(miou=metrics["miou"], f1=metrics["f1"], per_class_iou=metrics["per_class_iou"], predicted=predicted,
                alpha=cfg.propagation.alpha, k=cfg.propagation.k, weight=cfg.propagation.weight,
@@ -111,3 +118,20 @@ def run_setting(setting: Setting, train: SplitData, val: SplitData, glcc: GLCCCo
             out[f"{name}.miou"], out[f"{name}.f1"] = quality["miou"], quality["f1"]
             out[f"{name}.covered"] = float(covered.mean())
     return out
+
+
+def _noise_model(train: SplitData, labels: np.ndarray, glcc: GLCCConfig, holdout_fraction: float,
+                 seed: int) -> NoiseModelChoice:
+    """The noise model chosen on the same held-out images the propagation settings are tuned on."""
+    table = train.table
+    held = holdout_flags(len(table.image_ids), holdout_fraction, seed)[table.image_index]
+    part = lambda rows: (table.embeddings[rows], labels[rows], table.area[rows])  # noqa: E731
+    return choose_noise_model(part(~held), part(held), part(np.ones(len(table), dtype=bool)), glcc.probe,
+                              glcc.noise_model)
+
+
+def _noise_metrics(choice: NoiseModelChoice) -> dict[str, float]:
+    """The chosen λ (0: no noise model), T's mean diagonal (1: none) and each candidate's held-out NLL."""
+    diagonal = float(np.diag(choice.model.transition).mean()) if choice.model else 1.0
+    return {"noise_model.lambda": choice.lam or 0.0, "noise_model.transition_diagonal": diagonal,
+            **{f"noise_model.heldout_nll.{name}": value for name, value in choice.heldout_nll.items()}}

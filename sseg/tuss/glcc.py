@@ -23,6 +23,7 @@ import numpy as np
 
 from sseg.errors import DataError
 from sseg.tuss.config import GLCCConfig
+from sseg.tuss.noise_model import NoiseModel
 from sseg.tuss.probe import CosineProbe, train_probe
 from sseg.tuss.propagation import KnnGraph, inductive_votes, knn_graph, propagate
 from sseg.tuss.supervision import Supervision, normalise_rows
@@ -42,11 +43,12 @@ class GLCCResult:
 
 def run_glcc(train_x: np.ndarray, train_area: np.ndarray, supervision: Supervision, initial_scores: np.ndarray,
              test_x: np.ndarray, cfg: GLCCConfig, graph: KnnGraph | None = None,
-             first_probe: CosineProbe | None = None) -> GLCCResult:
+             first_probe: CosineProbe | None = None, noise: NoiseModel | None = None) -> GLCCResult:
     """``initial_scores [N, C]``: the zero-shot scores of the training masks (what the supervision is first
     filled in with). ``graph``: a prebuilt kNN graph of ``train_x`` (built here on first use otherwise).
     ``first_probe``: the probe of a first ``probe`` step, already trained on the same initial labels (it
-    depends on nothing else, so a hyperparameter search trains it once)."""
+    depends on nothing else, so a hyperparameter search trains it once). ``noise``: every probe step is fitted
+    through this model of the labels' noise (full supervision)."""
     if len(train_x) != len(initial_scores):
         raise DataError(f"{len(train_x)} training embeddings but {len(initial_scores)} score rows")
     seconds = {"probe": 0.0, "graph": 0.0, "propagation": 0.0}
@@ -58,7 +60,12 @@ def run_glcc(train_x: np.ndarray, train_area: np.ndarray, supervision: Supervisi
     for i, step in enumerate(cfg.order):
         start = time.perf_counter()
         if step == "probe":
-            probe = first_probe if i == 0 and first_probe is not None else train_probe(train_x, y, train_area, cfg.probe)
+            if i == 0 and first_probe is not None:
+                probe = first_probe
+            elif noise is not None:
+                probe = noise.train(train_x, y, train_area)
+            else:
+                probe = train_probe(train_x, y, train_area, cfg.probe)
             test_scores = probe.scores(test_x)
             train_scores = probe.scores(train_x)
             prior = votes = None

@@ -18,6 +18,7 @@ import numpy as np
 from sseg.errors import ConfigError, DataError
 from sseg.tuss.config import GLCCConfig
 from sseg.tuss.glcc import run_glcc
+from sseg.tuss.noise_model import NoiseModel
 from sseg.tuss.probe import train_probe
 from sseg.tuss.propagation import KnnGraph, knn_graph
 from sseg.tuss.supervision import Supervision
@@ -44,11 +45,12 @@ class TuningResult:
 
 def tune_glcc(train: MaskTable, train_scores: np.ndarray, supervision_for: Callable[[np.ndarray], Supervision],
               cfg: GLCCConfig, grid: dict[str, list], num_classes: int, holdout_fraction: float = 0.2,
-              seed: int = 0) -> TuningResult:
+              seed: int = 0, noise: NoiseModel | None = None) -> TuningResult:
     """Grid search over ``grid`` (keys among :data:`TUNABLE`) of the propagation settings.
 
     ``supervision_for(row_flags)`` builds the supervision of the training rows where ``row_flags`` is true
-    (in order), ``train_scores`` are all training masks' zero-shot scores.
+    (in order), ``train_scores`` are all training masks' zero-shot scores; ``noise``: the probe steps' noise
+    model (estimated on the fitting part).
     """
     unknown = set(grid) - set(TUNABLE)
     if unknown:
@@ -67,7 +69,9 @@ def tune_glcc(train: MaskTable, train_scores: np.ndarray, supervision_for: Calla
     graphs: dict[tuple[int, float], KnnGraph] = {}
     first = None
     if order[0] == "probe":  # trained on the initial labels alone: the same at every grid point
-        first = train_probe(fit.embeddings, supervision.initial(train_scores[~held_rows]), fit.area, cfg.probe)
+        labels = supervision.initial(train_scores[~held_rows])
+        first = (noise.train(fit.embeddings, labels, fit.area) if noise is not None
+                 else train_probe(fit.embeddings, labels, fit.area, cfg.probe))
     trials, best, best_score = [], cfg, -np.inf
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = {k: (int(v) if k == "k" else float(v)) for k, v in zip(keys, values)}
@@ -78,7 +82,7 @@ def tune_glcc(train: MaskTable, train_scores: np.ndarray, supervision_for: Calla
                 graphs[(prop.k, prop.gamma)] = knn_graph(fit.embeddings, prop.k, prop.gamma)
             graph = graphs[(prop.k, prop.gamma)]
         result = run_glcc(fit.embeddings, fit.area, supervision, train_scores[~held_rows], held.embeddings,
-                          cfg.model_copy(update={"propagation": prop}), graph=graph, first_probe=first)
+                          cfg.model_copy(update={"propagation": prop}), graph=graph, first_probe=first, noise=noise)
         for weight in (weights if one_pass else [prop.weight]):
             scores = result.last_prior + weight * result.last_votes if one_pass else result.test_scores
             metrics = score(held, scores.argmax(axis=1), num_classes)
