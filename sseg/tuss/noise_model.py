@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from sseg.errors import DataError
 from sseg.tuss.config import NoiseModelConfig, ProbeConfig
-from sseg.tuss.probe import CosineProbe, forward_corrected_cross_entropy, soft_cross_entropy, train_probe
+from sseg.tuss.probe import CosineProbe, forward_corrected_cross_entropy, one_thread, soft_cross_entropy, train_probe
 
 
 @dataclass
@@ -70,22 +70,23 @@ def fit_volmin(x: np.ndarray, y: np.ndarray, area: np.ndarray, probe_cfg: ProbeC
     logits_t = (torch.full((c, c), -2.0) + 6.0 * torch.eye(c)).requires_grad_(lam is not None)
     opt = torch.optim.SGD([weight], lr=probe_cfg.lr, momentum=probe_cfg.momentum)
     opt_t = torch.optim.Adam([logits_t], lr=cfg.transition_lr) if lam is not None else None
-    for _ in range(cfg.epochs):
-        order = torch.randperm(len(xs), generator=gen)
-        for start in range(0, len(xs), probe_cfg.batch_size):
-            idx = order[start:start + probe_cfg.batch_size]
-            logits = probe_cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T
-            if opt_t is None:
-                loss = soft_cross_entropy(logits, ys[idx], ws[idx])
-            else:
-                t = logits_t.softmax(-1)
-                loss = forward_corrected_cross_entropy(logits, ys[idx], ws[idx], t) + lam * torch.logdet(t)
-                opt_t.zero_grad(set_to_none=True)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if opt_t is not None:
-                opt_t.step()
+    with one_thread():
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(xs), generator=gen)
+            for start in range(0, len(xs), probe_cfg.batch_size):
+                idx = order[start:start + probe_cfg.batch_size]
+                logits = probe_cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T
+                if opt_t is None:
+                    loss = soft_cross_entropy(logits, ys[idx], ws[idx])
+                else:
+                    t = logits_t.softmax(-1)
+                    loss = forward_corrected_cross_entropy(logits, ys[idx], ws[idx], t) + lam * torch.logdet(t)
+                    opt_t.zero_grad(set_to_none=True)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if opt_t is not None:
+                    opt_t.step()
     transition = np.eye(c) if lam is None else logits_t.detach().softmax(-1).numpy().astype(np.float64)
     return CosineProbe(weight.detach().clone(), probe_cfg.scale), transition
 

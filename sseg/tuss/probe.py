@@ -4,6 +4,7 @@ weighted by mask area; SGD with momentum, linear warm-up then cosine decay (TUSS
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,18 @@ class CosineProbe:
         """Class probabilities ``[N, C]``."""
         with torch.no_grad():
             return self.logits(x).softmax(dim=-1).numpy()
+
+
+@contextmanager
+def one_thread():
+    """The probe's products are small (a batch of 512 masks × D against C classes): a second thread buys
+    nothing, and on shared cores OpenMP's spin-waiting makes two threads ~10× slower (docs/benchmarks.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def learning_rate(step: int, total: int, warmup: int, base: float) -> float:
@@ -85,21 +98,22 @@ def train_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig
     per_epoch = math.ceil(n / cfg.batch_size)
     total, warmup = cfg.epochs * per_epoch, cfg.warmup_epochs * per_epoch
     step = 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen)
-        for start in range(0, n, cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(step, total, warmup, cfg.lr)
-            logits = cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T
-            if transition is not None:
-                loss = forward_corrected_cross_entropy(logits, ys[idx], ws[idx], transition)
-            elif cfg.gce_q:
-                loss = generalised_cross_entropy(logits, ys[idx], ws[idx], cfg.gce_q)
-            else:
-                loss = soft_cross_entropy(logits, ys[idx], ws[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+    with one_thread():
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(step, total, warmup, cfg.lr)
+                logits = cfg.scale * xs[idx] @ F.normalize(weight, dim=-1).T
+                if transition is not None:
+                    loss = forward_corrected_cross_entropy(logits, ys[idx], ws[idx], transition)
+                elif cfg.gce_q:
+                    loss = generalised_cross_entropy(logits, ys[idx], ws[idx], cfg.gce_q)
+                else:
+                    loss = soft_cross_entropy(logits, ys[idx], ws[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
     return CosineProbe(weight.detach().clone(), cfg.scale)
