@@ -115,6 +115,10 @@ def run_tuss(cfg: TussConfig, resume: str | None = None) -> dict:
             _log_embedding(tracker, split, info)
         print(f"[sseg] TUSS {sup.kind}: {len(train.table)} training masks ({len(train.table.image_ids)} images), "
               f"{len(val.table)} masks to classify; MLflow run {tracker.run_id}", flush=True)
+        noise_model = cfg.classifier.glcc.noise_model
+        if noise_model.kind != "none" and sup.kind == "full":
+            print(f"[sseg] choosing the label-noise model ({noise_model.kind}, λ in {list(noise_model.lambdas)} or "
+                  f"none) on the held-out training images, then GLCC through it", flush=True)
         setting = setting_for(cfg, prep, train, sup.kind, cfg.classifier.glcc.order, sup.noise_rate, sup.noise)
         result = classify(cfg, train, val, setting, len(prep.class_names))
         reader = build_dataset(cfg.data.dataset, cfg.data.root, cfg.data.val_split)
