@@ -97,11 +97,12 @@ def forward_correction(args, experiment, train, num_classes: int, probe_cfg) -> 
             from sseg.tuss.noise_model import fit_volmin
 
             _, state["T"] = fit_volmin(train.table.embeddings, y, train.table.area, probe_cfg, args.volmin_lambda,
-                                       NoiseModelConfig(epochs=args.probe_epochs or probe_cfg.epochs))
+                                       NoiseModelConfig(epochs=args.probe_epochs or probe_cfg.epochs,
+                                                        min_diagonal=args.min_diagonal))
         else:
             scores = out_of_fold_scores(train.table.embeddings, y, train.table.area, probe_cfg, 5, 0)
             state["T"] = anchor_transition(scores, labelled, args.anchor_quantile)
-        print(json.dumps({"forward": args.forward, "volmin_lambda": args.volmin_lambda, "diagonal": np.round(np.diag(state["T"]), 2).tolist(),
+        print(json.dumps({"forward": args.forward, "volmin_lambda": args.volmin_lambda, "min_diagonal": args.min_diagonal, "diagonal": np.round(np.diag(state["T"]), 2).tolist(),
                           "true_diagonal": np.round(np.diag(true_t), 2).tolist(),
                           "l1_to_true": round(float(np.abs(state["T"] - true_t).sum(1).mean()), 3)}), flush=True)
         return y, changed
@@ -152,6 +153,7 @@ def main() -> None:
                         help="fit the probe through a noise transition matrix (forward correction): the true one "
                              "(control), one estimated from anchor masks of an out-of-fold probe, or one learnt "
                              "jointly with a probe under a minimum-volume penalty (VolMinNet)")
+    parser.add_argument("--min-diagonal", type=float, default=0.0, help="--forward volmin: T's diagonal floor")
     parser.add_argument("--volmin-lambda", type=float, default=1e-3, help="--forward volmin: the log det weight")
     parser.add_argument("--anchor-quantile", type=float, default=0.97,
                         help="--forward anchor: a class's anchor is the mask at this quantile of its probability")

@@ -15,7 +15,8 @@ from sseg.tuss.supervision import Supervision
 from tests.test_tuss_glcc import clusters
 
 PROBE = ProbeConfig(epochs=30, batch_size=32)
-VOLMIN = NoiseModelConfig(kind="volmin", epochs=60, transition_lr=0.05)
+# the toy floods class 0 with 60 % wrong labels: beyond the default floor's assumption, so the free T
+VOLMIN = NoiseModelConfig(kind="volmin", epochs=60, transition_lr=0.05, min_diagonal=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,16 @@ def test_volmin_recovers_the_flooding_transition_and_the_clean_classes(flooded):
     plain, identity = fit_volmin(x, y, np.ones(len(x)), PROBE, None, VOLMIN)  # T fixed: the plain probe's fit
     np.testing.assert_array_equal(identity, np.eye(3))
     assert (plain.scores(x)[labels == 0].argmax(1) == 0).mean() < 0.7  # the flooding wins without the model
+
+
+def test_the_diagonal_floor_holds_and_rows_stay_distributions(flooded):
+    x, labels, y, _ = flooded
+    floored = VOLMIN.model_copy(update={"min_diagonal": 0.5})
+    probe, t = fit_volmin(x, y, np.ones(len(x)), PROBE, 0.01, floored)
+    np.testing.assert_allclose(t.sum(1), 1.0, rtol=1e-5)
+    assert np.all(np.diag(t) >= 0.5 - 1e-6)
+    assert t[0, 0] < 0.55 and t[0, 1] > 0.4  # pressed against the floor: the truth (0.4) lies beyond it
+    assert (probe.scores(x).argmax(1) == labels).mean() > 0.95
 
 
 def test_noisy_label_nll_by_hand():

@@ -90,6 +90,10 @@ class NoiseModelConfig(StrictModel):
     # and at the probe's 10 epochs the corrected fit underfits even with the true T (docs/experiments.md, 17)
     epochs: int = Field(100, gt=0)
     transition_lr: float = Field(0.01, gt=0.0)  # Adam on T's logits
+    # T's diagonal is at least this: every class keeps that share of its own label (noise below 50 % per class,
+    # the usual assumption; without it the flooded small classes' diagonals collapse, docs/experiments.md 18); 0:
+    # VolMinNet's free T
+    min_diagonal: float = Field(0.5, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _check(self) -> "NoiseModelConfig":

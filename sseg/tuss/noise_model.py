@@ -70,6 +70,12 @@ def fit_volmin(x: np.ndarray, y: np.ndarray, area: np.ndarray, probe_cfg: ProbeC
     logits_t = (torch.full((c, c), -2.0) + 6.0 * torch.eye(c)).requires_grad_(lam is not None)
     opt = torch.optim.SGD([weight], lr=probe_cfg.lr, momentum=probe_cfg.momentum)
     opt_t = torch.optim.Adam([logits_t], lr=cfg.transition_lr) if lam is not None else None
+    eye = torch.eye(c)
+
+    def transition_of(logits: torch.Tensor) -> torch.Tensor:
+        # a diagonal floor d: T = d·I + (1 − d)·softmax(logits) — every class keeps at least d of its own label
+        return cfg.min_diagonal * eye + (1 - cfg.min_diagonal) * logits.softmax(-1)
+
     with one_thread():
         for _ in range(cfg.epochs):
             order = torch.randperm(len(xs), generator=gen)
@@ -79,7 +85,7 @@ def fit_volmin(x: np.ndarray, y: np.ndarray, area: np.ndarray, probe_cfg: ProbeC
                 if opt_t is None:
                     loss = soft_cross_entropy(logits, ys[idx], ws[idx])
                 else:
-                    t = logits_t.softmax(-1)
+                    t = transition_of(logits_t)
                     loss = forward_corrected_cross_entropy(logits, ys[idx], ws[idx], t) + lam * torch.logdet(t)
                     opt_t.zero_grad(set_to_none=True)
                 opt.zero_grad(set_to_none=True)
@@ -87,7 +93,7 @@ def fit_volmin(x: np.ndarray, y: np.ndarray, area: np.ndarray, probe_cfg: ProbeC
                 opt.step()
                 if opt_t is not None:
                     opt_t.step()
-    transition = np.eye(c) if lam is None else logits_t.detach().softmax(-1).numpy().astype(np.float64)
+    transition = np.eye(c) if lam is None else transition_of(logits_t.detach()).numpy().astype(np.float64)
     return CosineProbe(weight.detach().clone(), probe_cfg.scale), transition
 
 
