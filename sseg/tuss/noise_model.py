@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sseg.errors import DataError
 from sseg.tuss.config import NoiseModelConfig, ProbeConfig
-from sseg.tuss.probe import CosineProbe, forward_corrected_cross_entropy, one_thread, soft_cross_entropy, train_probe
+from sseg.tuss.probe import (CosineProbe, forward_corrected_cross_entropy, one_thread, soft_cross_entropy,
+                             supervised_rows, train_probe)
 
 
 @dataclass
@@ -45,21 +45,11 @@ class NoiseModelChoice:
     heldout_nll: dict[str, float] = field(default_factory=dict)  # candidate ("identity", "0.01", …) → NLL
 
 
-def _supervised(x: np.ndarray, y: np.ndarray, area: np.ndarray):
-    keep = np.asarray(y).sum(axis=1) > 0
-    if not keep.any():
-        raise DataError("the noise model has no labelled mask (every label row is zero)")
-    xs = F.normalize(torch.as_tensor(np.asarray(x)[keep], dtype=torch.float32), dim=-1)
-    ys = torch.as_tensor(np.asarray(y)[keep], dtype=torch.float32)
-    ws = torch.as_tensor(np.asarray(area)[keep], dtype=torch.float32)
-    return xs, ys, ws / ws.mean()
-
-
 def fit_volmin(x: np.ndarray, y: np.ndarray, area: np.ndarray, probe_cfg: ProbeConfig, lam: float | None,
                cfg: NoiseModelConfig) -> tuple[CosineProbe, np.ndarray]:
     """The jointly fitted probe and ``T [C, C]`` on embeddings ``x``, noisy soft labels ``y`` and mask areas.
     ``lam=None`` keeps ``T = I`` (the same probe fit without a noise model: the identity candidate)."""
-    xs, ys, ws = _supervised(x, y, area)
+    xs, ys, ws = supervised_rows(x, y, area, "the noise model")
     c = ys.shape[1]
     weight = F.normalize(ys.T @ xs, dim=-1)  # prototype start, as the product's probe
     empty = weight.norm(dim=-1) == 0
@@ -101,7 +91,7 @@ def noisy_label_nll(probe: CosineProbe, transition: np.ndarray, x: np.ndarray, y
                     area: np.ndarray) -> float:
     """Area-weighted ``−Σ_c y_c log (p·T)_c`` over the labelled masks: how well the model explains the given
     (noisy) labels of masks it did not fit."""
-    _, ys, ws = _supervised(x, y, area)
+    _, ys, ws = supervised_rows(x, y, area, "the noise model")
     keep = np.asarray(y).sum(axis=1) > 0
     with torch.no_grad():
         noisy = torch.as_tensor(probe.scores(np.asarray(x)[keep]) @ transition, dtype=torch.float32)

@@ -69,6 +69,17 @@ def forward_corrected_cross_entropy(logits: Tensor, targets: Tensor, weights: Te
     return (weights * -(targets * noisy.log()).sum(dim=-1)).mean()
 
 
+def supervised_rows(x: np.ndarray, y: np.ndarray, area: np.ndarray, who: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The masks with a label: unit embeddings, soft labels and area weights of mean 1."""
+    keep = np.asarray(y).sum(axis=1) > 0
+    if not keep.any():
+        raise DataError(f"{who} has no supervised mask (every label row is zero)")
+    xs = F.normalize(torch.as_tensor(np.asarray(x)[keep], dtype=torch.float32), dim=-1)
+    ys = torch.as_tensor(np.asarray(y)[keep], dtype=torch.float32)
+    ws = torch.as_tensor(np.asarray(area)[keep], dtype=torch.float32)
+    return xs, ys, ws / ws.mean()
+
+
 def train_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig,
                 transition: np.ndarray | None = None) -> CosineProbe:
     """Fit on embeddings ``x [N, D]``, soft labels ``y [N, C]`` and mask areas ``[N]``; masks whose label row
@@ -76,13 +87,7 @@ def train_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: ProbeConfig
     given label; rows sum to 1): the labels' noise model, fitted through with the forward-corrected loss."""
     if len(x) != len(y) or len(x) != len(area):
         raise DataError(f"probe inputs disagree: {len(x)} embeddings, {len(y)} label rows, {len(area)} areas")
-    keep = np.asarray(y).sum(axis=1) > 0
-    if not keep.any():
-        raise DataError("the probe has no supervised mask (every label row is zero)")
-    xs = F.normalize(torch.as_tensor(np.asarray(x)[keep], dtype=torch.float32), dim=-1)
-    ys = torch.as_tensor(np.asarray(y)[keep], dtype=torch.float32)
-    ws = torch.as_tensor(np.asarray(area)[keep], dtype=torch.float32)
-    ws = ws / ws.mean()
+    xs, ys, ws = supervised_rows(x, y, area, "the probe")
     if transition is not None:
         transition = torch.as_tensor(np.asarray(transition), dtype=torch.float32)
         if transition.shape != (ys.shape[1], ys.shape[1]):
