@@ -75,7 +75,6 @@ def forward_correction(args, experiment, train, num_classes: int, probe_cfg) -> 
     """Patches the noise generator to record (or estimate) the transition matrix, and GLCC's probe (and with
     ``--correct-propagation`` its propagation) to use it."""
     import sseg.tuss.glcc as glcc_module
-    import sseg.tuss.tuning as tuning_module
     from sseg.tuss.cleaning import out_of_fold_scores
     from sseg.tuss.probe import train_probe
     from sseg.tuss.propagation import propagate
@@ -116,7 +115,6 @@ def forward_correction(args, experiment, train, num_classes: int, probe_cfg) -> 
 
     experiment.noisy_full_labels = recorded
     glcc_module.train_probe = corrected_probe
-    tuning_module.train_probe = corrected_probe
     if args.correct_propagation:
         glcc_module.propagate = corrected_propagation
 

@@ -41,6 +41,12 @@ class GLCCResult:
     last_votes: np.ndarray | None = None
 
 
+def fit_probe(x: np.ndarray, y: np.ndarray, area: np.ndarray, cfg: GLCCConfig,
+              noise: NoiseModel | None = None) -> CosineProbe:
+    """One probe step: through the noise model when there is one, otherwise the plain probe."""
+    return noise.train(x, y, area) if noise is not None else train_probe(x, y, area, cfg.probe)
+
+
 def run_glcc(train_x: np.ndarray, train_area: np.ndarray, supervision: Supervision, initial_scores: np.ndarray,
              test_x: np.ndarray, cfg: GLCCConfig, graph: KnnGraph | None = None,
              first_probe: CosineProbe | None = None, noise: NoiseModel | None = None) -> GLCCResult:
@@ -62,10 +68,8 @@ def run_glcc(train_x: np.ndarray, train_area: np.ndarray, supervision: Supervisi
         if step == "probe":
             if i == 0 and first_probe is not None:
                 probe = first_probe
-            elif noise is not None:
-                probe = noise.train(train_x, y, train_area)
             else:
-                probe = train_probe(train_x, y, train_area, cfg.probe)
+                probe = fit_probe(train_x, y, train_area, cfg, noise)
             test_scores = probe.scores(test_x)
             train_scores = probe.scores(train_x)
             prior = votes = None

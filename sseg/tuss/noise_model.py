@@ -7,6 +7,7 @@ with ``CE(p·T, given)`` learns the clean posterior ``p`` (Patrini et al. 2017).
 VolMinNet (Li et al. 2021): a cosine probe and ``T`` (rows a softmax, started diagonal-dominant) fitted jointly
 with ``CE(p·T, given) + λ log det T`` — of all the transition matrices that explain the labels, the
 smallest simplex, which is the true one when the clean posteriors are spread enough; no anchor mask needed.
+A diagonal floor (``min_diagonal``, default 0.5) keeps every class's own label at least that likely.
 
 λ is chosen on a held-out slice of the training images, by the likelihood of *their noisy labels* under the
 jointly fitted model (the clean labels are never seen): ``−Σ w log (p·T)[given]``. Identity (no noise model,

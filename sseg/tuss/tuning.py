@@ -17,9 +17,8 @@ import numpy as np
 
 from sseg.errors import ConfigError, DataError
 from sseg.tuss.config import GLCCConfig
-from sseg.tuss.glcc import run_glcc
+from sseg.tuss.glcc import fit_probe, run_glcc
 from sseg.tuss.noise_model import NoiseModel
-from sseg.tuss.probe import train_probe
 from sseg.tuss.propagation import KnnGraph, knn_graph
 from sseg.tuss.supervision import Supervision
 from sseg.tuss.table import MaskTable, score
@@ -70,8 +69,7 @@ def tune_glcc(train: MaskTable, train_scores: np.ndarray, supervision_for: Calla
     first = None
     if order[0] == "probe":  # trained on the initial labels alone: the same at every grid point
         labels = supervision.initial(train_scores[~held_rows])
-        first = (noise.train(fit.embeddings, labels, fit.area) if noise is not None
-                 else train_probe(fit.embeddings, labels, fit.area, cfg.probe))
+        first = fit_probe(fit.embeddings, labels, fit.area, cfg, noise)
     trials, best, best_score = [], cfg, -np.inf
     for values in itertools.product(*(grid[k] for k in keys)):
         setting = {k: (int(v) if k == "k" else float(v)) for k, v in zip(keys, values)}
