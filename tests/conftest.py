@@ -29,6 +29,10 @@ def ray_session():
         # wrapper: pipelines/io/runtime.py says why not)
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        from pipelines.io.runtime import LOCAL_INSTANCE_ENV
+
+        for name, value in LOCAL_INSTANCE_ENV.items():
+            os.environ.setdefault(name, value)
         ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
