@@ -25,14 +25,10 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        # the workers inherit these (a runtime_env would start each worker through Ray's setup_worker
-        # wrapper: pipelines/io/runtime.py says why not)
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        from pipelines.io.runtime import LOCAL_INSTANCE_ENV
+        from pipelines.io.runtime import export_for_local_instance
 
-        for name, value in LOCAL_INSTANCE_ENV.items():
-            os.environ.setdefault(name, value)
+        export_for_local_instance({"OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)})
         ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False

@@ -35,6 +35,17 @@ def worker_env(tracking_uri: str | None = None) -> dict[str, str]:
 # footers through 2 new actors per read. An env var the user set wins.
 LOCAL_INSTANCE_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
 
+
+def export_for_local_instance(env: dict[str, str]) -> None:
+    """Put ``env`` and :data:`LOCAL_INSTANCE_ENV` in this process's environment, which the workers of a Ray
+    instance started here inherit. Not a runtime_env: with one, Ray starts every worker process through its
+    setup_worker wrapper (a second Python start and import of ray: ~0.9 s more per actor on 2 cores, ~20
+    actors in a tiny job)."""
+    os.environ.update(env)
+    for name, value in LOCAL_INSTANCE_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 _STARTED_HERE = False  # whether init_ray opened the Ray session of this process
 
 
@@ -65,12 +76,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         _STARTED_HERE = True
         return
     log.info("starting a local Ray instance (%s CPUs)", num_cpus or "all")
-    # A local instance's workers inherit this process's environment, so the env vars go there rather than
-    # into a runtime_env: with one, Ray starts every worker process through its setup_worker wrapper (a
-    # second Python start and import of ray: ~0.9 s more per actor on 2 cores, ~20 actors in a tiny job).
-    os.environ.update(env)
-    for name, value in LOCAL_INSTANCE_ENV.items():
-        os.environ.setdefault(name, value)
+    export_for_local_instance(env)
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's placement-group cleaner polls;
     # without it the cleaner logs a warning every second.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
