@@ -28,20 +28,9 @@ def exit_once_at_step_3(event: dict) -> None:
     Train's controller has had the time to register the step-2 checkpoint (it does when it next polls the
     workers; a restart by Ray Train resumes from what it registered). The marker file records the step and
     the checkpoints on disk at that moment (what a resume must use)."""
-    _exit_once_at_step_3(event, float(os.environ.get("SSEG_TEST_FAULT_DELAY_S", "5")))
-
-
-def exit_at_step_3_without_restart(event: dict) -> None:
-    """:func:`exit_once_at_step_3` for a run with no restart left (``train.max_failures=0``), resumed later
-    with ``--resume``: that reads the checkpoints on disk (``ray.train.report`` has written the step-2 one
-    before it returns), so the controller's poll is not waited for."""
-    _exit_once_at_step_3(event, 0.0)
-
-
-def _exit_once_at_step_3(event: dict, delay_s: float) -> None:
     marker = Path(event["run_dir"]) / "fault_injected"
     if event["rank"] == 0 and event["step"] == FAULT_STEP and not marker.exists():
-        time.sleep(delay_s)
+        time.sleep(float(os.environ.get("SSEG_TEST_FAULT_DELAY_S", "5")))
         marker.write_text(json.dumps({"step": event["step"],
                                       "checkpoint_steps": checkpoint_steps(event["run_dir"])}))
         print(f"[test] fault injection: worker exits after step {event['step']}", flush=True)

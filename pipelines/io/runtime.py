@@ -64,11 +64,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     env = worker_env(tracking_uri)
     os.environ.setdefault(ENV_URI, env[ENV_URI])
     address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": env}
     if address:
         log.info("connecting to Ray at %s", address)
         try:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         except ConnectionError as exc:
             from sseg.errors import SsegError, first_line
 
