@@ -69,6 +69,17 @@ def new_mlflow_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def openai_clip_archive(tmp_path_factory) -> dict:
+    """{"path", "state"}: a random-init (seed 0) CLIP ViT-B/16 in OpenAI's TorchScript layout and the fp32 state
+    dict it holds, made once for the session (tracing and saving it costs ~10 s on 2 cores; the CLIP weight
+    tests and the paper configs read the same file)."""
+    from paper_weights import save_openai_clip
+
+    path = tmp_path_factory.mktemp("openai_clip") / "ViT-B-16.pt"
+    return {"path": path, "state": save_openai_clip(path)}
+
+
+@pytest.fixture(scope="session")
 def tiny_pretrain_data(tmp_path_factory) -> list[str]:
     """Overrides that point jobs of configs/tiny.yaml at one world and pseudo-mask cache for the session (the
     first job makes them, the others reuse them: generating both costs ~15 s on 2 cores)."""

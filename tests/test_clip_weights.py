@@ -22,22 +22,24 @@ from sseg.errors import CheckpointError
 
 open_clip = pytest.importorskip("open_clip")
 
-from paper_weights import OPENAI_EXTRA, save_openai_clip  # noqa: E402 - after the importorskip
+from paper_weights import OPENAI_EXTRA  # noqa: E402 - after the importorskip
 
 
 @pytest.fixture(scope="session")
-def clip_files(tmp_path_factory):
+def clip_files(tmp_path_factory, openai_clip_archive):
+    import shutil
+
     import sseg._compat  # noqa: F401 - torchvision fix before open_clip
 
     out = tmp_path_factory.mktemp("clip_weights")
-    torch.manual_seed(0)
+    state = openai_clip_archive["state"]  # OpenAI's file of these weights: the session's archive
     gelu = open_clip.create_model("ViT-B-16").eval()
-    state = {k: v.clone() for k, v in gelu.state_dict().items()}
+    gelu.load_state_dict(state)
     torch.save(state, out / "open_clip.pt")
     torch.save({"epoch": 32, "name": "laion-run", "state_dict": {f"module.{k}": v for k, v in state.items()}},
                out / "open_clip_epoch.pt")
 
-    save_openai_clip(out / "openai.pt", state)
+    shutil.copyfile(openai_clip_archive["path"], out / "openai.pt")
     # the references: the same weights (fp16-rounded for OpenAI's file) in each activation
     reference_quick = open_clip.create_model("ViT-B-16-quickgelu").eval()
     reference_quick.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in state.items()})

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from paper_weights import (caption_photo_shards, save_dino_vits8, save_mae_vit_b16, save_openai_clip,
+from paper_weights import (caption_photo_shards, save_dino_vits8, save_mae_vit_b16,
                            segment_id_masks, voc_photo_tree)
 
 pytest.importorskip("open_clip")
@@ -60,10 +60,8 @@ def labelled_voc(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def openai_clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "ViT-B-16.pt"
-    save_openai_clip(path)
-    return path
+def openai_clip(openai_clip_archive):
+    return openai_clip_archive["path"]
 
 
 @pytest.mark.slow
