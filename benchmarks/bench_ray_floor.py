@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -123,7 +122,7 @@ def main() -> None:
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         runs.append(row)
         print(json.dumps({"repeat": repeat, **row}), flush=True)
-    summary = {phase: {key: statistics.median(r[phase][key] for r in runs) for key in runs[0][phase]}
+    summary = {phase: {key: round(statistics.median(r[phase][key] for r in runs), 2) for key in runs[0][phase]}
                for phase in runs[0]}
     print(json.dumps({"benchmark": "ray_floor", "cpus": args.cpus, "repeats": len(runs),
                       "load": round(os.getloadavg()[0], 2), "phases": summary}))
