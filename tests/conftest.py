@@ -71,7 +71,7 @@ def new_mlflow_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def openai_clip_archive(tmp_path_factory) -> dict:
     """{"path", "state"}: a random-init (seed 0) CLIP ViT-B/16 in OpenAI's TorchScript layout and the fp32 state
-    dict it holds, made once for the session (tracing and saving it costs ~10 s on 2 cores; the CLIP weight
+    dict it holds, made once for the session (building, tracing and saving it cost 14.6 s on 2 cores; the CLIP weight
     tests and the paper configs read the same file)."""
     from paper_weights import save_openai_clip
 
