@@ -27,8 +27,6 @@ from paper_weights import OPENAI_EXTRA  # noqa: E402 - after the importorskip
 
 @pytest.fixture(scope="session")
 def clip_files(tmp_path_factory, openai_clip_archive):
-    import shutil
-
     import sseg._compat  # noqa: F401 - torchvision fix before open_clip
 
     out = tmp_path_factory.mktemp("clip_weights")
@@ -39,7 +37,7 @@ def clip_files(tmp_path_factory, openai_clip_archive):
     torch.save({"epoch": 32, "name": "laion-run", "state_dict": {f"module.{k}": v for k, v in state.items()}},
                out / "open_clip_epoch.pt")
 
-    shutil.copyfile(openai_clip_archive["path"], out / "openai.pt")
+    (out / "openai.pt").symlink_to(openai_clip_archive["path"])  # the session's file, not a 300 MB copy
     # the references: the same weights (fp16-rounded for OpenAI's file) in each activation
     reference_quick = open_clip.create_model("ViT-B-16-quickgelu").eval()
     reference_quick.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in state.items()})
